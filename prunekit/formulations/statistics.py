@@ -1,0 +1,124 @@
+"""Streaming accumulation of calibration statistics for one linear layer.
+
+For inputs arriving in chunks ``x`` of shape (..., n) (tokens in the leading dimensions) this keeps
+
+.. math::
+
+    G = \\sum_t x_t x_t^T, \\qquad s = \\sum_t x_t, \\qquad N = \\#\\text{tokens},
+
+and, when error correction is tracked (FISTAPruner §5.4), with the matching error-corrected inputs x*_t,
+
+.. math::
+
+    G^* = \\sum_t x^*_t {x^*_t}^T, \\qquad K = \\sum_t x_t {x^*_t}^T \\quad (C = W K).
+
+Accumulation happens in float64 (default) or float32 whatever the activation dtype, so bf16/fp16
+activations never overflow or lose the small eigenvalues the restoration needs.  Memory: O(n^2) on the
+accumulator's device, independent of the number of tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..errors import NonFiniteError, ShapeError
+
+
+class GramAccumulator:
+    """Accumulate G = X X^T, the input sum and (optionally) G* and X X*^T over streamed chunks.
+
+    Parameters
+    ----------
+    in_features : int
+        n, the layer's input width.
+    dtype : torch.dtype
+        Accumulation dtype: float64 (default) or float32.
+    device : torch.device or str, optional
+        Where the accumulators live (default: the device of the first chunk).
+    track_star : bool
+        Also accumulate G* and K = X X*^T for intra-layer error correction.
+    """
+
+    def __init__(self, in_features: int, *, dtype: torch.dtype = torch.float64, device=None, track_star: bool = False):
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"accumulate Gram matrices in float32 or float64, not {dtype}.")
+        self.in_features = int(in_features)
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else None
+        self.track_star = track_star
+        self.gram: Optional[torch.Tensor] = None
+        self.sum: Optional[torch.Tensor] = None
+        self.gram_star: Optional[torch.Tensor] = None
+        self.cross_gram: Optional[torch.Tensor] = None
+        self.num_tokens = 0
+
+    def _flatten(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ShapeError(f"{name} last dimension must be {self.in_features}, got shape {tuple(x.shape)}.")
+        device = self.device or x.device
+        x2 = x.detach().reshape(-1, self.in_features).to(device=device, dtype=self.dtype)
+        if not torch.isfinite(x2).all():
+            raise NonFiniteError(
+                f"{name} contain NaN/Inf; the calibration forward pass overflowed. "
+                f"Fix: run calibration in float32 or lower the sequence length."
+            )
+        return x2
+
+    def update(self, inputs: torch.Tensor, inputs_star: Optional[torch.Tensor] = None) -> None:
+        """Add a chunk of inputs of shape (..., n); ``inputs_star`` must match when tracking X*."""
+        x = self._flatten(inputs, "inputs")
+        if self.gram is None:
+            dev = x.device
+            n = self.in_features
+            self.gram = torch.zeros(n, n, dtype=self.dtype, device=dev)
+            self.sum = torch.zeros(n, dtype=self.dtype, device=dev)
+            if self.track_star:
+                self.gram_star = torch.zeros(n, n, dtype=self.dtype, device=dev)
+                self.cross_gram = torch.zeros(n, n, dtype=self.dtype, device=dev)
+        self.gram.addmm_(x.T, x)
+        self.sum.add_(x.sum(dim=0))
+        if self.track_star:
+            if inputs_star is None:
+                raise ShapeError("this accumulator tracks X*: pass inputs_star with every chunk.")
+            xs = self._flatten(inputs_star, "inputs_star")
+            if xs.shape != x.shape:
+                raise ShapeError(f"inputs_star shape {tuple(xs.shape)} must match inputs {tuple(x.shape)}.")
+            self.gram_star.addmm_(xs.T, xs)
+            self.cross_gram.addmm_(x.T, xs)
+        elif inputs_star is not None:
+            raise ShapeError("inputs_star given but the accumulator was created with track_star=False.")
+        self.num_tokens += int(x.shape[0])
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Token mean of the inputs (n,)."""
+        self._require_data()
+        return self.sum / self.num_tokens
+
+    def _require_data(self) -> None:
+        if self.gram is None or self.num_tokens == 0:
+            raise ShapeError("no calibration tokens were accumulated; feed at least one chunk with update().")
+
+    def layer_data(self, weight: torch.Tensor, *, bias=None, damping: float = 0.01, with_mean: bool = True, check_psd: bool = True):
+        """Freeze the statistics into a :class:`~prunekit.formulations.layer.LayerData` for ``weight``."""
+        from .layer import LayerData
+
+        self._require_data()
+        gram = 0.5 * (self.gram + self.gram.T)
+        kwargs = {}
+        if self.track_star:
+            w = weight.detach().to(device=self.cross_gram.device, dtype=self.dtype)
+            kwargs["gram_star"] = 0.5 * (self.gram_star + self.gram_star.T)
+            kwargs["cross"] = w @ self.cross_gram
+        return LayerData(
+            weight=weight,
+            gram=gram,
+            num_tokens=self.num_tokens,
+            bias=bias,
+            input_mean=self.mean if with_mean else None,
+            damping=damping,
+            check_psd=check_psd,
+            **kwargs,
+        )
