@@ -116,7 +116,10 @@ class LayerData:
                 f"Fix: accumulate G = X X^T over the layer's *inputs* (in_features = {n})."
             )
         if isinstance(self.num_tokens, bool) or not isinstance(self.num_tokens, int) or self.num_tokens <= 0:
-            raise ShapeError(f"num_tokens must be a positive int, got {self.num_tokens!r}.")
+            raise ShapeError(
+                f"num_tokens must be a positive int, got {self.num_tokens!r}. "
+                f"Fix: pass N, the number of calibration tokens summed into gram."
+            )
         if not (isinstance(self.damping, (int, float)) and math.isfinite(self.damping) and self.damping >= 0):
             raise GramError(f"damping must be a finite number >= 0, got {self.damping!r}. Fix: use e.g. 0.01.")
         _require_finite("weight", self.weight)

@@ -34,7 +34,9 @@ from ..errors import ShapeError, SparsityError
 
 def _check_ratio(ratio) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
-        raise SparsityError(f"sparsity ratio must be a number in [0, 1), got {ratio!r}.")
+        raise SparsityError(
+            f"sparsity ratio must be a finite number in [0, 1), got {ratio!r}. Fix: pass a float such as 0.5."
+        )
     if not 0.0 <= float(ratio) < 1.0:
         raise SparsityError(
             f"sparsity ratio must lie in [0, 1), got {ratio}. Fix: 0.5 prunes half the weights; "

@@ -12,7 +12,7 @@ import platform
 import time
 from typing import Any, Optional
 
-import torch
+import torch as _torch  # not `torch`: the subpackage prunekit.solvers.torch would shadow it
 
 from ..errors import NumericalError
 from .base import Solver
@@ -33,7 +33,7 @@ from .solution import Solution
 def _versions() -> dict[str, str]:
     from .. import __version__
 
-    return {"prunekit": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    return {"prunekit": __version__, "torch": _torch.__version__, "python": platform.python_version()}
 
 
 def solve(formulation, backend: str = "auto", options: Optional[SolverOptions] = None, **overrides: Any) -> Solution:
@@ -68,7 +68,7 @@ def solve(formulation, backend: str = "auto", options: Optional[SolverOptions] =
     elapsed = time.perf_counter() - start
     if not isinstance(sol, Solution):
         raise TypeError(f"{type(solver).__name__}.run must return a Solution, got {type(sol).__name__}.")
-    if not torch.isfinite(sol.weights).all() or (sol.bias is not None and not torch.isfinite(sol.bias).all()):
+    if not _torch.isfinite(sol.weights).all() or (sol.bias is not None and not _torch.isfinite(sol.bias).all()):
         raise NumericalError(
             f"{type(solver).__name__} produced NaN/Inf weights for {type(formulation).__name__}. "
             f"Fix: raise the layer's damping, or use dtype='float64'."

@@ -1,0 +1,389 @@
+"""RESULTS.md, the automatic targets and the plots of ``benchmarks/models.py``, built from the run JSON files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from _common import REPO, machine_line, md_table, utc_now
+
+DENSE = "dense"
+FAR_FACTOR = 2.0  # "Wanda far below magnitude": magnitude ppl >= FAR_FACTOR x Wanda ppl
+SPEEDUP_TARGET = 1.2
+STRUCTURED_TIME_TARGET_S = 120.0
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def load_runs(out_dir: Path) -> dict[str, dict[str, Any]]:
+    runs = {}
+    for path in sorted(Path(out_dir).glob("*.json")):
+        if path.name.startswith("_"):
+            continue
+        try:
+            rec = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        runs[rec.get("run", path.stem)] = rec
+    return runs
+
+
+def ppl(rec: Optional[dict]) -> Optional[float]:
+    if not rec or rec.get("status") != "ok":
+        return None
+    return (rec.get("perplexity") or {}).get("ppl")
+
+
+def _rid(method: str, setting: str) -> str:
+    return f"{method}-{setting.replace(':', '-')}"
+
+
+# ----------------------------------------------------------------------------------------------- per-layer data
+def layer_rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-layer entries of a run's report: dicts with 'name' and, where present, 'sparsity' and 'rel_error'.
+
+    Accepts the shapes a report may take: {"layers": [ {...}, ... ]}, {"layers": {name: {...}}}, or a list.
+    """
+    report = rec.get("report")
+    if isinstance(report, dict):
+        items = report.get("layers", report.get("modules", report.get("per_layer")))
+    else:
+        items = report
+    if isinstance(items, dict):
+        items = [{"name": k, **v} for k, v in items.items() if isinstance(v, dict)]
+    if not isinstance(items, list):
+        return []
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        row = {"name": item.get("name") or item.get("module") or item.get("group") or str(i)}
+        for key in ("sparsity", "achieved_sparsity", "kept_fraction"):
+            if isinstance(item.get(key), (int, float)):
+                row["sparsity"] = 1 - item[key] if key == "kept_fraction" else item[key]
+                break
+        for key in ("rel_error", "relative_error", "rel_reconstruction_error", "normalized_error"):
+            if isinstance(item.get(key), (int, float)):
+                row["rel_error"] = item[key]
+                break
+        else:
+            err = next((item[k] for k in ("reconstruction_error", "objective", "error")
+                        if isinstance(item.get(k), (int, float))), None)
+            energy = next((item[k] for k in ("dense_energy", "energy") if isinstance(item.get(k), (int, float))), None)
+            if err is not None:
+                row["error"] = err
+                if energy:
+                    row["rel_error"] = err / energy
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- targets
+def _fmt(v: Optional[float]) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def evaluate_targets(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target: id, statement, status (MET / MISSED / NOT RUN), and the numbers behind it."""
+    out: list[dict[str, Any]] = []
+
+    def add(tid: str, statement: str, ok: Optional[bool], numbers: str, missing: list[str] = ()):
+        if ok is None:
+            status = "NOT RUN"
+            numbers = numbers + (f" (missing or failed: {', '.join(missing)})" if missing else "")
+        else:
+            status = "MET" if ok else "MISSED"
+        out.append({"id": tid, "target": statement, "status": status, "numbers": numbers})
+
+    def cmp_le(tid, a_m, b_m, setting, statement):
+        a, b = runs.get(_rid(a_m, setting)), runs.get(_rid(b_m, setting))
+        pa, pb = ppl(a), ppl(b)
+        missing = [n for n, p in ((_rid(a_m, setting), pa), (_rid(b_m, setting), pb)) if p is None]
+        ok = None if missing else pa <= pb
+        add(tid, statement, ok, f"{a_m} {_fmt(pa)} vs {b_m} {_fmt(pb)}", missing)
+
+    for setting, label in (("unstructured50", "50%"), ("2:4", "2:4")):
+        cmp_le(f"mrp<=sparsegpt@{setting}", "mrp", "sparsegpt", setting, f"MRP ppl <= SparseGPT ppl at {label}")
+        cmp_le(f"fista<=sparsegpt@{setting}", "fista", "sparsegpt", setting, f"FISTA ppl <= SparseGPT ppl at {label}")
+        cmp_le(f"sparsegpt<=wanda@{setting}", "sparsegpt", "wanda", setting, f"SparseGPT ppl <= Wanda ppl at {label}")
+        w, m = ppl(runs.get(_rid("wanda", setting))), ppl(runs.get(_rid("magnitude", setting)))
+        missing = [n for n, p in ((_rid("wanda", setting), w), (_rid("magnitude", setting), m)) if p is None]
+        add(f"wanda<<magnitude@{setting}",
+            f"Wanda far below magnitude at {label} (magnitude ppl >= {FAR_FACTOR:g} x Wanda ppl)",
+            None if missing else m >= FAR_FACTOR * w,
+            f"wanda {_fmt(w)} vs magnitude {_fmt(m)}" + (f" (ratio {m / w:.2f})" if not missing else ""), missing)
+    cmp_le("spap<=flap@channels30", "spap", "flap", "channels30", "SPAP ppl <= FLAP ppl at 30% MLP channels")
+    cmp_le("fasp<=flap@channels30", "fasp", "flap", "channels30", "FASP ppl <= FLAP ppl at 30% MLP channels")
+
+    # Physically smaller and faster: decided on FASP at 30% (the flagship structured run); others listed.
+    speed_recs = {k: r for k, r in runs.items() if r.get("setting") == "channels30" and r.get("status") == "ok"}
+    fasp = runs.get(_rid("fasp", "channels30"))
+    others = ", ".join(
+        f"{r['method']} {r['speedup']:.2f}x" for k, r in sorted(speed_recs.items()) if r.get("speedup") is not None)
+    if fasp and fasp.get("status") == "ok":
+        before, after = fasp["params_before"]["total"], fasp["params_after"]["total"]
+        sp = fasp.get("speedup")
+        sp_d = fasp.get("speed", {})
+        nums = (f"FASP 30%: params {before / 1e6:.2f}M -> {after / 1e6:.2f}M; tokens/s dense "
+                f"{_fmt(sp_d.get('dense', {}).get('tokens_per_s'))} -> pruned {_fmt(sp_d.get('pruned', {}).get('tokens_per_s'))}"
+                f" = {_fmt(sp)}x (batch 1x{(sp_d.get('dense') or {}).get('batch', ['?', '?'])[1]})"
+                + (f"; all 30% runs: {others}" if others else ""))
+        add("smaller+faster@channels30", f"30%-channel model physically smaller and >= {SPEEDUP_TARGET:g}x tokens/s "
+            "vs dense on CPU", after < before and sp is not None and sp >= SPEEDUP_TARGET, nums)
+    else:
+        add("smaller+faster@channels30", f"30%-channel model physically smaller and >= {SPEEDUP_TARGET:g}x tokens/s "
+            "vs dense on CPU", None, others or "no FASP 30% result", [_rid("fasp", "channels30")])
+
+    times = {k: r.get("prune_time_s") for k, r in runs.items()
+             if r.get("setting", "").startswith("channels") and r.get("status") == "ok"}
+    f30 = runs.get(_rid("fasp", "channels30"))
+    listed = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(times.items()) if v is not None)
+    if f30 and f30.get("status") == "ok":
+        t = f30["prune_time_s"]
+        add("structured<2min", f"structured pruning of the model under {STRUCTURED_TIME_TARGET_S:g} s "
+            "(decided on FASP 30%; every structured run listed)", t < STRUCTURED_TIME_TARGET_S,
+            f"FASP 30%: {t:.1f} s; all structured runs: {listed}")
+    else:
+        add("structured<2min", f"structured pruning of the model under {STRUCTURED_TIME_TARGET_S:g} s", None,
+            listed or "no structured run", [_rid("fasp", "channels30")])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- table
+def _mib(v: Optional[float]) -> Optional[str]:
+    return None if v is None else f"{v:,.0f}"
+
+
+def table_rows(runs: dict[str, dict[str, Any]], plan: list[str]) -> list[list[Any]]:
+    dense_ppl = ppl(runs.get(DENSE))
+    order = list(plan) + [k for k in runs if k not in plan]
+    rows = []
+    for rid in order:
+        rec = runs.get(rid)
+        if rec is None:
+            method, _, setting = rid.partition("-")
+            rows.append([method, setting.replace("2-4", "2:4") or "—", "not run", None, None, None, None, None, None,
+                         None, "not reached in this work (see 'Runs not done')"])
+            continue
+        p = ppl(rec)
+        pb, pa = rec.get("params_before") or {}, rec.get("params_after") or {}
+        params = (f"{pb['total'] / 1e6:.2f}M → {pa['total'] / 1e6:.2f}M" if pb and pa else None)
+        nz = (f"{100 * pa['block_linear_nonzero'] / pb['block_linear']:.1f}%" if pb.get("block_linear") and pa else None)
+        spd = rec.get("speed") or {}
+        if "pruned" in spd:
+            speed = (f"{spd['dense']['tokens_per_s']:.0f} → {spd['pruned']['tokens_per_s']:.0f} "
+                     f"({rec['speedup']:.2f}×)")
+            mem = f"{spd['dense']['memory_mib']:.1f} → {spd['pruned']['memory_mib']:.1f}"
+        elif "dense" in spd:
+            speed = f"{spd['dense']['tokens_per_s']:.0f}"
+            mem = f"{spd['dense']['memory_mib']:.1f}"
+        else:
+            speed = mem = None
+        note = ""
+        if rec.get("status") != "ok":
+            err = rec.get("error") or {}
+            note = f"**{rec.get('status')}** in {err.get('phase')}: {err.get('type')}: {str(err.get('message'))[:160]}"
+        elif rec.get("recipe", {}).get("attention", "none") != "none":
+            note = f"attention={rec['recipe']['attention']}"
+        rows.append([
+            rec.get("method"), rec.get("label") or rec.get("setting"), rec.get("status"),
+            None if p is None else round(p, 3),
+            None if (p is None or dense_ppl is None or rid == DENSE) else f"{p / dense_ppl:.2f}×",
+            None if rec.get("prune_time_s") is None else round(rec["prune_time_s"], 1),
+            _mib((rec.get("prune_memory") or {}).get("peak_mib")), params, nz, speed, mem if speed else None,
+        ] + [note])
+    return rows
+
+
+HEADERS = ["method", "setting", "status", "ppl", "vs dense", "prune s", "prune peak MiB", "params before → after",
+           "nonzero block weights", "tokens/s dense → pruned (speedup)", "fwd mem MiB dense → pruned", "notes"]
+
+
+# ----------------------------------------------------------------------------------------------- plots
+def make_plots(runs: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        return []
+    paths = []
+    dense_ppl = ppl(runs.get(DENSE))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = sorted({r["method"] for r in runs.values() if r.get("method") != DENSE})
+    markers = {"unstructured50": "o", "2:4": "s", "channels30": "^", "channels20": "^", "channels30_attn": "v",
+               "channels20_attn": "v"}
+    any_point = False
+    for i, m in enumerate(methods):
+        color = f"C{i % 10}"
+        for family in (("unstructured50", "2:4"), ("channels20", "channels30"), ("channels20_attn", "channels30_attn")):
+            pts = []
+            for s in family:
+                rec = runs.get(_rid(m, s))
+                p = ppl(rec)
+                if p is not None:
+                    pts.append((rec["recipe"]["sparsity"] + (0.01 if s == "2:4" else 0), p, s))
+            if not pts:
+                continue
+            any_point = True
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            ax.plot(xs, ys, color=color, alpha=0.5, linestyle=":" if "attn" in family[0] else "-")
+            for x, y, s in pts:
+                ax.scatter([x], [y], color=color, marker=markers[s], s=40,
+                           label=m if s == pts[0][2] and family[0] in ("unstructured50", "channels20") else None)
+    if dense_ppl:
+        ax.axhline(dense_ppl, color="k", lw=1, ls="--", label=f"dense {dense_ppl:.2f}")
+    if any_point or dense_ppl:
+        ax.set_yscale("log")
+        ax.set_xlabel("sparsity (o 50% unstructured, □ 2:4 (shifted +0.01), △ MLP channels, ▽ channels + attention)")
+        ax.set_ylabel("WikiText-2 perplexity (log)")
+        ax.set_title("Perplexity against sparsity per method")
+        ax.legend(fontsize=8, ncol=2)
+        fig.tight_layout()
+        path = out_dir / "ppl_vs_sparsity.png"
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    plt.close(fig)
+
+    per_layer = {k: layer_rows(r) for k, r in runs.items() if r.get("status") == "ok" and r.get("method") != DENSE}
+    per_layer = {k: v for k, v in per_layer.items() if v}
+    if per_layer:
+        fig, axes = plt.subplots(2, 1, figsize=(9, 7), sharex=False)
+        for i, (k, rows) in enumerate(sorted(per_layer.items())):
+            xs = list(range(len(rows)))
+            sp = [r.get("sparsity") for r in rows]
+            er = [r.get("rel_error") for r in rows]
+            style = dict(color=f"C{i % 10}", lw=1, alpha=0.8, label=k)
+            if any(v is not None for v in sp):
+                axes[0].plot([x for x, v in zip(xs, sp) if v is not None], [v for v in sp if v is not None], **style)
+            if any(v is not None and v > 0 for v in er):
+                axes[1].plot([x for x, v in zip(xs, er) if v is not None and v > 0],
+                             [v for v in er if v is not None and v > 0], **style)
+        axes[0].set_ylabel("achieved sparsity")
+        axes[0].set_title("Per-layer sparsity and relative reconstruction error (from each run's report)")
+        axes[1].set_ylabel("rel. reconstruction error (log)")
+        axes[1].set_yscale("log")
+        axes[1].set_xlabel("pruned module / group, in pruning order")
+        axes[0].legend(fontsize=6, ncol=3)
+        fig.tight_layout()
+        path = out_dir / "per_layer.png"
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+        plt.close(fig)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- markdown
+def gpu_scale_section(path: Optional[Path]) -> list[str]:
+    path = path or (REPO / "benchmarks" / "GPU_SCALE.json")
+    lines = ["## GPU scale (LLaMA-7B-shaped blocks)", ""]
+    cmd = ("python benchmarks/gpu_scale.py --device cuda --blocks 4 --scale 1.0 --tokens 262144 --dtype bf16 "
+           "--json")
+    if not path.exists():
+        lines += [f"Not run on a GPU in this work; command delivered: `{cmd}`.", ""]
+        return lines
+    data = json.loads(path.read_text())
+    dev = data.get("device", "?")
+    if not str(dev).startswith("cuda") or not data.get("full_size"):
+        lines += [f"**Not run on a GPU in this work; command delivered:** `{cmd}`. ",
+                  f"What was run instead: `{data.get('command')}` on `{dev}` at --scale {data.get('scale')} "
+                  f"(hidden {data['dims']['hidden']}, MLP {data['dims']['mlp']}), {data.get('blocks')} block(s), "
+                  f"{data.get('tokens')} calibration tokens: a functional check of the script at reduced size, "
+                  "not a LLaMA-7B measurement. Results: `benchmarks/GPU_SCALE.md`.", ""]
+    else:
+        lines += [f"Run on {data['machine'].get('gpu')} — see `benchmarks/GPU_SCALE.md`.", ""]
+    return lines
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def write_report(out_dir: Path, md: Path, meta: dict[str, Any], plan: list[str],
+                 gpu_scale_json: Optional[Path] = None, plots: bool = True) -> Path:
+    runs = load_runs(out_dir)
+    proto = meta.get("protocol", {})
+    smoke = proto.get("smoke")
+    plot_paths = (make_plots(runs, out_dir) if plots else
+                  [q for q in (out_dir / "ppl_vs_sparsity.png", out_dir / "per_layer.png") if q.exists()])
+    targets = evaluate_targets(runs)
+    machine = meta.get("machine", {})
+    ver = meta.get("versions", {})
+    cal, ev = proto.get("calibration", {}), proto.get("evaluation", {})
+    lines = [f"# Model benchmark results: {proto.get('model')}", ""]
+    if smoke:
+        lines += ["> **SMOKE RUN** (tiny random model, byte tokenizer): checks the harness only; the numbers mean "
+                  "nothing about the methods.", ""]
+    lines += [
+        f"Generated {utc_now()} by `benchmarks/models.py` (runs started {meta.get('started')}"
+        + (f", finished {meta['finished']}" if meta.get("finished") else ", **still running or interrupted**") + ").",
+        "",
+        "## Protocol",
+        "",
+        f"* Model: `{proto.get('model')}`, float32, device `{proto.get('device')}`.",
+        f"* Calibration: {cal.get('nsamples')} windows × {cal.get('seqlen')} tokens from {cal.get('source')}, "
+        f"seed {cal.get('seed')} (`prunekit.data.calibration_windows`).",
+        f"* Perplexity: {'all' if ev.get('windows') is None else 'the first ' + str(ev.get('windows'))} "
+        f"non-overlapping windows × {ev.get('seqlen')} tokens of {ev.get('source')}; exp(mean window loss) "
+        "(`prunekit.evaluate.perplexity`, methods.md §2). seqlen is stored with every number in the JSON.",
+        "* Settings: 50% unstructured and 2:4 for magnitude, wanda, sparsegpt, mrp, fista; 20% and 30% of the MLP "
+        "channels (`attention=none`) for fasp, flap, spap, admm; `+attn` rows also prune attention "
+        "(`Recipe.attention`: fasp `vo_channels`, the others `heads`). Uniform allocation, recipe defaults otherwise.",
+        "* Pruning time: wall time of `prunekit.prune(model, recipe, calibration)` (calibration forward passes "
+        "included; loading and tokenization excluded). Peak memory: the process's RSS high-water mark during "
+        "`prune` (reset before it via /proc/self/clear_refs; includes the model), or max CUDA memory allocated.",
+        f"* Speed: batch 1 × {proto.get('speed', {}).get('batch', [1, '?'])[1]} random tokens, forward without "
+        "cache; median of timed forwards after warm-up, dense and pruned interleaved in the same process with the "
+        "same thread count, measured only for physically smaller models. Memory = parameter bytes + the RSS increment "
+        "of one forward.",
+        ("* Each run in a fresh subprocess (per-run RSS peaks; a crash or timeout is recorded, not fatal)"
+         if meta.get("isolation", "process") == "process" else "* All runs in one process (`--isolation inline`)")
+        + f"; per-run JSON in `{_rel(out_dir)}/` (incl. the per-layer report and any error with its traceback).",
+        "",
+        f"Command: `{meta.get('command')}`",
+        "",
+        f"Machine: {machine_line(machine)}. Shared machine: other processes were running, so times are noisy.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()),
+        "",
+        "## Results",
+        "",
+        md_table(HEADERS, table_rows(runs, plan)),
+        "",
+    ]
+    not_done = [r for r in plan if r not in runs]
+    failed = [k for k, r in runs.items() if r.get("status") != "ok"]
+    if not_done or failed:
+        lines += ["## Runs not done or failed", ""]
+        for r in not_done:
+            lines.append(f"* `{r}`: not run — the benchmark had not reached it when this file was written "
+                         "(time budget of this work, or still running).")
+        for k in failed:
+            err = runs[k].get("error") or {}
+            lines.append(f"* `{k}`: **{runs[k].get('status')}** in phase `{err.get('phase')}` — "
+                         f"{err.get('type')}: {str(err.get('message'))[:300]}")
+        lines.append("")
+    lines += ["## Targets (evaluated automatically from the JSON)", ""]
+    if smoke:
+        lines += ["> Smoke run: the targets are evaluated to exercise the code; they say nothing here.", ""]
+    lines.append(md_table(["target", "status", "numbers"],
+                          [[t["target"], f"**{t['status']}**", t["numbers"]] for t in targets]))
+    lines.append("")
+    if plot_paths:
+        lines += ["## Plots", ""]
+        for p in plot_paths:
+            try:
+                rel = p.resolve().relative_to(md.resolve().parent)
+            except ValueError:
+                rel = p
+            lines.append(f"![{p.stem}]({rel})")
+        lines.append("")
+    lines += gpu_scale_section(gpu_scale_json)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text("\n".join(lines) + "\n")
+    (out_dir / "_targets.json").write_text(json.dumps(targets, indent=2) + "\n")
+    return md

@@ -1,0 +1,213 @@
+"""FISTAPruner's l1 relaxation of layer-wise pruning (methods.md §5).
+
+Derived parts [derived, not from the paper]: the default initial ``lam`` (``1e-2 * lambda_max``), the
+definitions of ``E_round``/``E_total``, the bisection bracket (start ``[0, inf)``, doubling while unbounded),
+the per-row form of the early-stopping rule, and the fallbacks of the warm start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Mapping, Optional
+
+import torch
+
+from ..errors import FormulationError, NoSolverError
+from .base import Formulation, Guarantee
+from .form import ProblemForm
+from .sparsity import NM, SparsitySpec, Unstructured
+
+WARM_STARTS = ("wanda", "sparsegpt", "dense", "magnitude")
+
+
+@dataclass(frozen=True, eq=False)
+class L1Relaxation(Formulation):
+    r"""l1-relaxed reconstruction (FISTAPruner, Zhao et al., arXiv 2408.03728, EMNLP 2025).
+
+    With ``W`` (m x n) the dense weight, ``X`` its dense inputs and ``X*`` the error-corrected inputs
+    (``layer.gram_star``/``layer.cross``; without them ``X* = X``), ``G* = X* X*^T`` (n x n) and
+    ``C = W X X*^T`` (m x n):
+
+    .. math::
+
+        \min_{W^*}\; f(W^*) + \lambda \lVert W^* \rVert_1, \qquad
+        f(W^*) = \tfrac12 \lVert W^* X^* - W X \rVert_F^2, \quad \nabla f = W^* G^* - C,
+        \quad L = \lambda_{\max}(G^*).
+
+    ``project=True`` (FISTAPruner): the lasso is solved approximately by ``K`` FISTA steps from a warm start
+    (Wanda/SparseGPT/magnitude/dense), projected onto ``sparsity`` by hard thresholding, and (``adaptive``) λ
+    is adapted over ``T`` rounds by the ratio ``E_round/E_total`` against ``xi``
+    (``E_round = ||(H(W_K) - W_K) X*||_F``, ``E_total = ||H(W_K) X* - W X||_F``, both [derived]); the best
+    projected iterate (smallest ``E_total``) is returned.  Guarantee: HEURISTIC for the masked MIP.
+
+    ``project=False, adaptive=False`` is the pure lasso (3) at fixed ``lam`` (convex; claims C8, C10, C11); its
+    ``objective`` is then ``f + lam ||W||_1`` and no sparsity spec is enforced.
+
+    Parameters
+    ----------
+    sparsity : Unstructured or NM
+    lam : float, optional
+        λ >= 0 (initial λ of the adaptive loop); default [derived] ``1e-2 * lambda_max()``.
+    adaptive : bool
+    K, T : int
+        FISTA steps per round, outer rounds (paper: 20, 3).
+    xi : float
+        Threshold on ``E_round / E_total`` (paper: 0.3).
+    eps : float
+        Early stop of a row when ``||w_k - w_{k-1}|| / ||w_{k-1}|| < eps`` (0 disables it).
+    warm_start : {"wanda", "sparsegpt", "dense", "magnitude"}
+    threshold_group : {"row", "layer"}, optional
+        Comparison group of the hard threshold; must agree with an Unstructured spec's ``scope`` (default: it).
+    project : bool
+    """
+
+    sparsity: SparsitySpec
+    lam: Optional[float] = None
+    adaptive: bool = True
+    K: int = 20
+    T: int = 3
+    xi: float = 0.3
+    eps: float = 1e-6
+    warm_start: Literal["wanda", "sparsegpt", "dense", "magnitude"] = "wanda"
+    threshold_group: Optional[Literal["row", "layer"]] = None
+    project: bool = True
+
+    guarantee: ClassVar[Guarantee] = Guarantee.HEURISTIC
+    paper: ClassVar[str] = "FISTAPruner (Zhao et al., arXiv 2408.03728, EMNLP 2025)"
+
+    def validate(self) -> None:
+        if not isinstance(self.sparsity, (Unstructured, NM)):
+            raise FormulationError(
+                f"L1Relaxation prunes individual weights (unstructured or N:M), got {type(self.sparsity).__name__}. "
+                f"Fix: for channels use PenaltyRelaxation or CoupledStructuredRemoval."
+            )
+        self.sparsity.validate_for(self.layer.shape)
+        super().validate()
+        if self.lam is not None and not (isinstance(self.lam, (int, float)) and self.lam >= 0 and self.lam == self.lam):
+            raise FormulationError(f"lam must be a number >= 0 (the l1 weight), got {self.lam!r}.")
+        for name in ("K", "T"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise FormulationError(f"{name} must be an int >= 1, got {v!r}. Fix: FISTAPruner uses K=20, T=3.")
+        if not (isinstance(self.xi, (int, float)) and self.xi > 0):
+            raise FormulationError(f"xi must be > 0, got {self.xi!r}. Fix: the paper uses 0.3.")
+        if not (isinstance(self.eps, (int, float)) and self.eps >= 0):
+            raise FormulationError(f"eps must be >= 0, got {self.eps!r}.")
+        if self.warm_start not in WARM_STARTS:
+            raise FormulationError(f"warm_start must be one of {WARM_STARTS}, got {self.warm_start!r}.")
+        if self.threshold_group not in (None, "row", "layer"):
+            raise FormulationError(f"threshold_group must be 'row' or 'layer', got {self.threshold_group!r}.")
+        scope = self.sparsity.scope if isinstance(self.sparsity, Unstructured) else "row"
+        if self.threshold_group is not None and self.threshold_group != scope:
+            raise FormulationError(
+                f"threshold_group={self.threshold_group!r} disagrees with the spec ({self.sparsity.describe()}). "
+                f"Fix: use Unstructured(ratio, scope={self.threshold_group!r}) (N:M thresholds per row)."
+            )
+        if self.adaptive and not self.project:
+            raise FormulationError("adaptive lambda needs the projection (project=True). Fix: adaptive=False.")
+        if not self.project and self.lam is None:
+            raise FormulationError("the pure-lasso mode (project=False) needs an explicit lam.")
+
+    @property
+    def sparsity_spec(self) -> Optional[SparsitySpec]:
+        return self.sparsity if self.project else None
+
+    def _form(self) -> ProblemForm:
+        return self._base_form(is_mixed_integer=False, is_convex=not self.project, row_separable=not self.adaptive)
+
+    # ------------------------------------------------------------------ smooth part and its constants
+    def gram_star(self, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+        g = self.layer.gram_star if self.layer.has_error_correction else self.layer.gram
+        return g.detach().to(device=device or g.device, dtype=dtype)
+
+    def cross(self, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+        if self.layer.has_error_correction:
+            return self.layer.cross.detach().to(device=device or self.layer.cross.device, dtype=dtype)
+        w = self.layer.weight.detach().to(device=device or self.layer.weight.device, dtype=dtype)
+        return w @ self.layer.gram.detach().to(device=w.device, dtype=dtype)
+
+    def smooth(self, weights: torch.Tensor) -> float:
+        """f(W) = 1/2 ||W X* - W0 X||_F^2 (float64)."""
+        return self.layer.reconstruction_error(weights)
+
+    def grad(self, weights: torch.Tensor) -> torch.Tensor:
+        """∇f(W) = W G* - C, in the dtype and device of ``weights``."""
+        return weights @ self.gram_star(weights.dtype, weights.device) - self.cross(weights.dtype, weights.device)
+
+    def lipschitz(self) -> float:
+        """L = lambda_max(G*) (float64)."""
+        g = self.gram_star()
+        return float(torch.linalg.eigvalsh(0.5 * (g + g.T)).max()) if g.numel() else 0.0
+
+    def lambda_max(self) -> float:
+        """max_ij |C_ij|: W* = 0 is the lasso optimum iff lam >= this (C11)."""
+        return float(self.cross().abs().max())
+
+    def initial_lambda(self) -> float:
+        return float(self.lam) if self.lam is not None else 1e-2 * self.lambda_max()
+
+    def lasso_objective(self, weights: torch.Tensor, lam: Optional[float] = None) -> float:
+        lam = self.initial_lambda() if lam is None else lam
+        return self.smooth(weights) + lam * float(weights.detach().double().abs().sum())
+
+    def objective(self, weights: torch.Tensor, bias=None) -> float:
+        if self.project:
+            return self.layer.reconstruction_error(weights, bias)
+        return self.lasso_objective(weights)
+
+    def _extra_residuals(self, solution) -> Mapping[str, float]:
+        if self.project:
+            return {}
+        w = solution.weights.detach().double()
+        g = self.grad(w)
+        lam = self.initial_lambda()
+        viol = torch.where(w != 0, (g + lam * torch.sign(w)).abs(), (g.abs() - lam).clamp_min(0.0))
+        scale = max(self.lambda_max(), 1e-300)
+        return {"lasso_kkt": float(viol.max()) / scale if viol.numel() else 0.0}
+
+    # ------------------------------------------------------------------ warm start
+    def warm_start_weights(self) -> tuple[torch.Tensor, str]:
+        """The warm start (float64, layer device) and the name of the method that produced it.
+
+        "wanda"/"sparsegpt" use the WandaPruning/SparseGPTPruning formulations (torch, float64) when they are
+        installed; otherwise Wanda's score-and-threshold rule is applied directly and SparseGPT falls back
+        to magnitude [derived fallback].
+        """
+        w = self.layer.weight.detach().double()
+        if self.warm_start == "dense":
+            return w.clone(), "dense"
+        spec = self.sparsity
+        if self.warm_start in ("wanda", "sparsegpt"):
+            name = {"wanda": "WandaPruning", "sparsegpt": "SparseGPTPruning"}[self.warm_start]
+            try:
+                from importlib import import_module
+
+                cls = getattr(import_module(f".{self.warm_start}", __package__), name)
+                from ..solvers import solve
+
+                sol = solve(cls(self.layer, spec), backend="torch", dtype="float64")
+                return sol.weights.detach().double().clone(), self.warm_start
+            except (ImportError, AttributeError, NoSolverError):
+                pass
+            if self.warm_start == "wanda":
+                from .scores import wanda
+
+                return w * spec.project(wanda(self.layer)).to(w.dtype), "wanda (score rule)"
+        return w * spec.project(w.abs()).to(w.dtype), "magnitude"
+
+    @classmethod
+    def example(cls, rng) -> "L1Relaxation":
+        from ..verification.toy import random_layer
+
+        n = 4 * int(rng.integers(1, 4))
+        m = int(rng.integers(2, 6))
+        layer = random_layer(rng, m, n, conditioning=("well", "correlated")[int(rng.integers(0, 2))])
+        choice = int(rng.integers(0, 3))
+        if choice == 2:
+            return cls(layer, Unstructured(0.5), lam=0.05 * float(layer.weight.abs().max()) * float(layer.gram.diagonal().mean()),
+                       adaptive=False, project=False, K=500, warm_start="dense")
+        spec = NM(2, 4) if choice == 1 else Unstructured(0.5)
+        return cls(layer, spec, warm_start="magnitude")
+
+
+__all__ = ["L1Relaxation", "WARM_STARTS"]

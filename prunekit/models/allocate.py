@@ -1,0 +1,117 @@
+"""Non-uniform sparsity across layers: a dense pre-pass of importance scores fed to ``LayerAllocation``.
+
+With ``Recipe.allocation`` = ``"softmax"`` or ``"global_threshold"`` (methods.md §7.3, [derived]):
+
+1. one pass over the **dense** model (independent blocks on dense inputs) accumulates each target's Gram matrix
+   and computes importance scores: for a coupled group, the unit score is the method's column score summed
+   over the unit's columns (FASP/Wanda ``||W_{:,j}||_1 ||X_j||_2``; FLAP's WIFV for flap); for a linear module
+   (unstructured), the Wanda scores ``|W_ij| ||X_j||_2``, summarized by evenly spaced order statistics whose
+   counts are proportional to the true weight counts (at most ``TOTAL_POINTS`` in all: memory stays small);
+2. each target's energy E_l is its mean score divided by the mean over targets (so ``temperature`` ~ 1 is a
+   moderate setting);
+3. ``prunekit.solve(LayerAllocation(...))`` turns the global budget ``mean_sparsity * sum_l n_l`` into per-target
+   sparsities s_l (softmax at temperature T, or one global threshold on scores normalized per layer).
+
+Returns ``{target key: s_l}`` for :func:`prunekit.models.runner.plan`.  N:M patterns have a fixed ratio and
+cannot be allocated.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+
+from ..errors import FormulationError
+from .calibration import capture_block_inputs, collect_grams, forward_block
+from .recipe import Recipe
+
+MAX_POINTS = 65536     # score summary kept per module during the pre-pass
+TOTAL_POINTS = 2_000_000  # total points handed to LayerAllocation for module targets
+
+
+def _unit_scores(layer, target, method: str) -> torch.Tensor:
+    from ..formulations import scores
+
+    if target.group is not None:
+        fn = scores.COLUMN_SCORES["wifv" if method == "flap" else "fasp"]
+        col = fn(layer).double().cpu()
+        return torch.stack([col[list(u)].sum() for u in target.group.units])
+    return _quantiles(scores.wanda(layer).double().flatten().cpu(), MAX_POINTS)
+
+
+def _quantiles(values: torch.Tensor, k: int) -> torch.Tensor:
+    """``k`` evenly spaced order statistics of ``values`` (all of them when k >= numel)."""
+    ordered = torch.sort(values).values
+    if k >= ordered.numel():
+        return ordered
+    return ordered[torch.linspace(0, ordered.numel() - 1, max(int(k), 1)).round().long()]
+
+
+def _proportional(vectors: list[torch.Tensor], numels: list[int]) -> list[torch.Tensor]:
+    """Resample per-module score summaries so that their lengths are proportional to the true weight counts."""
+    stride = max(1.0, sum(numels) / TOTAL_POINTS)
+    return [_quantiles(v, max(1, round(n / stride))) for v, n in zip(vectors, numels)]
+
+
+def importance_prepass(model, recipe: Recipe, tokens: torch.Tensor, *, device="cpu",
+                       progress: bool = True) -> tuple[list[str], list[torch.Tensor]]:
+    """Target keys and their unit-score vectors from one pass over the dense model."""
+    from .adapters import adapter_for
+    from .runner import _DTYPES, block_targets
+
+    adapter = adapter_for(model)
+    dtype = _DTYPES[recipe.dtype]
+    device = torch.device(device)
+    blocks = adapter.blocks(model)
+    inputs = capture_block_inputs(model, adapter, tokens, device=device, dtype=dtype)
+    keys, vectors, numels = [], [], []
+    iterator = range(len(blocks))
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="prunekit allocation pre-pass", unit="block")
+    for index in iterator:
+        dense = copy.deepcopy(blocks[index]).to(device=device, dtype=dtype).eval()
+        targets = block_targets(model, adapter, index, dense, recipe)
+        accs = collect_grams(dense, inputs, [t.rel for t in targets], device=device)
+        for t in targets:
+            module = dense.get_submodule(t.rel)
+            layer = accs.pop(t.rel).layer_data(adapter.get_weight(module).detach(), damping=recipe.damping)
+            keys.append(t.key)
+            vectors.append(_unit_scores(layer, t, recipe.method))
+            numels.append(vectors[-1].numel() if t.group is not None else layer.weight.numel())
+        if index + 1 < len(blocks):
+            inputs = forward_block(dense, inputs, device=device)
+        del dense
+    if recipe.structure_kind != "channels":
+        vectors = _proportional(vectors, numels)
+    return keys, vectors
+
+
+def allocate(model, recipe: Recipe, tokens: torch.Tensor, *, device="cpu", progress: bool = True,
+             prepass: Optional[tuple[list[str], list[torch.Tensor]]] = None) -> dict[str, float]:
+    """Per-target sparsities ``{key: s_l}`` meeting the recipe's mean sparsity under its allocation rule."""
+    from .. import solve
+    from ..formulations import LayerAllocation
+
+    if recipe.allocation == "uniform":
+        return {}
+    if recipe.structure_kind == "nm":
+        raise FormulationError(f"allocation={recipe.allocation!r} cannot change an N:M ratio. "
+                               f"Fix: use allocation='uniform' with structure={recipe.structure!r}.")
+    keys, vectors = prepass or importance_prepass(model, recipe, tokens, device=device, progress=progress)
+    sizes = torch.tensor([v.numel() for v in vectors], dtype=torch.float64)
+    means = torch.stack([v.mean() for v in vectors])
+    energies = means / means.mean().clamp_min(1e-300)
+    problem = LayerAllocation(
+        sizes=sizes, mean_sparsity=float(recipe.sparsity), energies=energies, rule=recipe.allocation,
+        temperature=float(recipe.temperature), s_max=float(recipe.max_sparsity),
+        scores=tuple(vectors) if recipe.allocation == "global_threshold" else None,
+    )
+    sparsities = solve(problem).weights.double().cpu()
+    return {k: float(s) for k, s in zip(keys, sparsities.tolist())}
+
+
+__all__ = ["allocate", "importance_prepass"]

@@ -1,0 +1,251 @@
+"""Surgery: the only code in prunekit that mutates ``nn.Module``s (design.md principle 12).
+
+:func:`apply_` replays a :class:`~prunekit.models.plan.PruningPlan`:
+
+1. every ``module_edits`` entry is written in full shape (weights in (out, in) layout through the family
+   adapter, so GPT-2's transposed Conv1D is handled; a bias is added where the module had none, e.g. FLAP's
+   bias compensation);
+2. every ``group_edits`` entry removes the pruned units of its coupled group: the downstream module loses the
+   units' input columns and each upstream module the units' output rows and bias entries (new, smaller
+   ``nn.Linear`` / ``Conv1D`` modules with the same dtype and device).  ``vo_channel`` groups are applied as
+   zeroed columns and rows (HF attention ties the value head size to the query ``head_dim``);
+3. the adapter's ``fix_config`` updates per-module attributes (heads, KV groups) and ``model.config``.
+
+Each layer keeps its own counts, so heterogeneous widths across layers work.  :func:`mask_model_` builds the
+*masked twin*: same module edits, pruned units' downstream columns zeroed, no shape change.  By claim C2 the
+two give identical outputs, which the tests check.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from .adapters import FamilyAdapter, adapter_for
+from .groups import CoupledGroup
+from .plan import GroupEdit, PruningPlan
+
+MASKED_KINDS = frozenset({"vo_channel"})
+"""Group kinds applied as zeros (no shape change) by :func:`apply_`."""
+
+
+def round_kept_count(n_keep: int, n_total: int, multiple: Optional[int]) -> int:
+    """Round a kept width up to a multiple (8, 64, 128 for fast kernels), capped at ``n_total``.
+
+    >>> round_kept_count(1000, 1536, 64)
+    1024
+    """
+    if n_keep < 0 or n_keep > n_total:
+        raise ValueError(f"n_keep={n_keep} must lie in [0, {n_total}]")
+    if not multiple or multiple <= 1 or n_keep == 0:
+        return int(n_keep)
+    return int(min(n_total, math.ceil(n_keep / multiple) * multiple))
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D"
+
+
+def new_linear_like(old: nn.Module, out_features: int, in_features: int, bias: bool) -> nn.Module:
+    """An uninitialized module of the same type as ``old`` (``nn.Linear`` or HF ``Conv1D``) with new sizes."""
+    w = old.weight
+    if _is_conv1d(old):
+        new = type(old)(out_features, in_features)
+        new.to(dtype=w.dtype, device=w.device)
+        if not bias:
+            new.bias = None
+        return new
+    if isinstance(old, nn.Linear):
+        return nn.Linear(in_features, out_features, bias=bias, dtype=w.dtype, device=w.device)
+    raise ModelError(f"cannot resize module of type {type(old).__name__}; only nn.Linear and Conv1D are supported.")
+
+
+def _replace(model: nn.Module, adapter: FamilyAdapter, name: str, weight: torch.Tensor,
+             bias: Optional[torch.Tensor]) -> None:
+    old = model.get_submodule(name)
+    new = new_linear_like(old, weight.shape[0], weight.shape[1], bias is not None)
+    adapter.set_weight(new, weight)
+    if bias is not None:
+        with torch.no_grad():
+            new.bias.copy_(bias)
+    new.train(old.training)
+    parent, child = _parent(model, name)
+    setattr(parent, child, new)
+
+
+def resize_module_(model: nn.Module, name: str, out_features: int, in_features: int, bias: bool,
+                   adapter: Optional[FamilyAdapter] = None) -> None:
+    """Replace module ``name`` by an uninitialized one of the given shape (used by ``load_pruned``)."""
+    adapter = adapter or adapter_for(model)
+    old = model.get_submodule(name)
+    new = new_linear_like(old, out_features, in_features, bias)
+    parent, child = _parent(model, name)
+    setattr(parent, child, new)
+
+
+def write_module_edit_(model: nn.Module, adapter: FamilyAdapter, name: str, weight, bias) -> None:
+    """Write a full-shape weight (out, in) and optional bias; adds a bias parameter where there was none."""
+    module = model.get_submodule(name)
+    if weight is not None:
+        current = tuple(adapter.get_weight(module).shape)
+        if tuple(weight.shape) != current:
+            raise ModelError(f"module edit {name}: weight shape {tuple(weight.shape)} != module shape {current}. "
+                             "Fix: module edits are full-shape; apply them before any group edit.")
+        adapter.set_weight(module, weight)
+    if bias is not None:
+        w = module.weight
+        if module.bias is None:
+            module.bias = nn.Parameter(torch.zeros(bias.numel(), dtype=w.dtype, device=w.device))
+        with torch.no_grad():
+            module.bias.copy_(bias.reshape(module.bias.shape))
+
+
+def _groups_by_name(model: nn.Module, adapter: FamilyAdapter) -> dict[str, CoupledGroup]:
+    return {g.name: g for i in range(len(adapter.blocks(model))) for g in adapter.coupled_groups(model, i)}
+
+
+def _check_edit(edit: GroupEdit, group: CoupledGroup) -> list[int]:
+    if edit.num_units != group.num_units:
+        raise ModelError(f"group {group.name}: the plan has {edit.num_units} units, the model {group.num_units}. "
+                         "Fix: replay the plan on the model it was made for (and apply it once).")
+    kept = sorted(set(int(u) for u in edit.kept_units))
+    if kept and (kept[0] < 0 or kept[-1] >= group.num_units):
+        raise ModelError(f"group {group.name}: kept unit index out of range [0, {group.num_units}).")
+    return kept
+
+
+def _pruned_units(group: CoupledGroup, kept: Sequence[int]) -> list[int]:
+    keep = set(kept)
+    return [u for u in range(group.num_units) if u not in keep]
+
+
+def _zero_(model, adapter, group: CoupledGroup, kept, upstream: bool) -> None:
+    pruned = _pruned_units(group, kept)
+    cols = sorted(c for u in pruned for c in group.units[u])
+    module = model.get_submodule(group.downstream)
+    w = adapter.get_weight(module).detach().clone()
+    w[:, cols] = 0
+    adapter.set_weight(module, w)
+    if not upstream:
+        return
+    for name, rows_of in group.upstream.items():
+        rows = sorted(r for u in pruned for r in rows_of[u])
+        mod = model.get_submodule(name)
+        w = adapter.get_weight(mod).detach().clone()
+        w[rows, :] = 0
+        adapter.set_weight(mod, w)
+        if mod.bias is not None:
+            with torch.no_grad():
+                mod.bias[rows] = 0
+
+
+def _slice_(model, adapter, group: CoupledGroup, kept) -> None:
+    if not kept:
+        raise ModelError(f"group {group.name}: every unit is pruned. Removing a whole block is not supported; "
+                         "keep at least one unit (the recipe's ratio must be < 1).")
+    cols = torch.tensor(group.columns_of(kept), dtype=torch.long)
+    module = model.get_submodule(group.downstream)
+    w = adapter.get_weight(module).detach()
+    _replace(model, adapter, group.downstream, w[:, cols.to(w.device)].clone(),
+             None if module.bias is None else module.bias.detach().clone())
+    for name in group.upstream:
+        rows = torch.tensor(group.rows_of(name, kept), dtype=torch.long)
+        mod = model.get_submodule(name)
+        w = adapter.get_weight(mod).detach()
+        rows = rows.to(w.device)
+        _replace(model, adapter, name, w[rows].clone(), None if mod.bias is None else mod.bias.detach()[rows].clone())
+
+
+def _resolve_groups(model, adapter, plan: PruningPlan) -> list[tuple[GroupEdit, CoupledGroup, list[int]]]:
+    groups = _groups_by_name(model, adapter)
+    resolved, seen = [], {}
+    for key, edit in plan.group_edits.items():
+        name = edit.group or key
+        if name not in groups:
+            raise ModelError(f"plan group {name!r} is not a coupled group of this model. "
+                             f"Known kinds: {sorted({g.kind for g in groups.values()})}.")
+        group = groups[name]
+        kept = _check_edit(edit, group)
+        if group.kind not in MASKED_KINDS:
+            if group.downstream in seen:
+                raise ModelError(f"groups {seen[group.downstream]!r} and {name!r} both physically prune "
+                                 f"{group.downstream}; a plan may remove units of one structure per module.")
+            seen[group.downstream] = name
+        resolved.append((edit, group, kept))
+    return resolved
+
+
+# ---------------------------------------------------------------------------------------------- public
+@torch.no_grad()
+def apply_(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """Apply ``plan`` to ``model`` **in place** (module edits, then physical removal of pruned units, then the
+    config fix-up) and return the model.  The plan itself is not modified."""
+    adapter = adapter_for(model)
+    resolved = _resolve_groups(model, adapter, plan)  # group indices refer to the unpruned shapes
+    if getattr(model, "_prunekit_base_config", None) is None:  # the architecture to rebuild from (saving.py)
+        model._prunekit_base_config = model.config.to_dict()
+    for name, edit in plan.module_edits.items():
+        write_module_edit_(model, adapter, edit.module or name, edit.weight, edit.bias)
+    for _, group, kept in resolved:  # masked kinds first: their indices refer to the full shapes
+        if group.kind in MASKED_KINDS:
+            _zero_(model, adapter, group, kept, upstream=True)
+    for _, group, kept in resolved:
+        if group.kind not in MASKED_KINDS:
+            _slice_(model, adapter, group, kept)
+    if resolved:
+        adapter.fix_config(model)
+    return model
+
+
+@torch.no_grad()
+def mask_model_(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """The masked twin of :func:`apply_`: module edits written, pruned units' downstream columns zeroed, no
+    shape change (in place; returns the model)."""
+    adapter = adapter_for(model)
+    resolved = _resolve_groups(model, adapter, plan)
+    for name, edit in plan.module_edits.items():
+        write_module_edit_(model, adapter, edit.module or name, edit.weight, edit.bias)
+    for _, group, kept in resolved:
+        _zero_(model, adapter, group, kept, upstream=False)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def removed_parameters(model: nn.Module, plan: PruningPlan) -> int:
+    """Parameters that ``apply_(model, plan)`` removes (computed on the unpruned model, pure)."""
+    adapter = adapter_for(model)
+    total = 0
+    for _, group, kept in _resolve_groups(model, adapter, plan):
+        if group.kind in MASKED_KINDS:
+            continue
+        pruned = _pruned_units(group, kept)
+        down = model.get_submodule(group.downstream)
+        total += adapter.get_weight(down).shape[0] * sum(len(group.units[u]) for u in pruned)
+        for name, rows_of in group.upstream.items():
+            mod = model.get_submodule(name)
+            per_row = adapter.get_weight(mod).shape[1] + (1 if mod.bias is not None else 0)
+            total += per_row * sum(len(rows_of[u]) for u in pruned)
+    return total
+
+
+__all__ = ["apply_", "mask_model_", "round_kept_count", "count_parameters", "removed_parameters",
+           "new_linear_like", "resize_module_", "MASKED_KINDS"]

@@ -1,0 +1,142 @@
+"""Torch solver for :class:`~prunekit.formulations.penalty.PenaltyRelaxation` (SPAP, methods.md §3.3).
+
+Alternating minimization of (P_rho) with continuation [derived reconstruction, see the formulation]:
+
+1. s-step: prune the k channel groups with the smallest ``c_j(W) = omega_j ||W_{:,j}||^2`` -- the exact
+   binary optimum of the LP over ``{0 <= s <= 1, 1^T s = k}`` (C6);
+2. W-step: ``W = W0 G (G + rho D)^{-1}``, ``D = diag(s * omega)``, through ONE Cholesky factor of
+   ``G + rho D`` shared by all d rows (C5);
+3. ``rho <- kappa rho``; stop once the selected set is unchanged for ``stable_rounds`` rounds and
+   ``||W diag(s)||_F / ||W||_F < eps``;
+4. project onto the selected set and apply the exact damped restoration (C1).
+
+``extras``: ``pruned`` (s, float (f,)), ``rho_trace``, ``objective_trace`` (P_rho after each W-step, at that
+round's rho), ``s_step_trace`` (P_rho after each s-step), ``ratio_trace``, ``rounds``, ``converged``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...formulations.penalty import PenaltyRelaxation
+from ..base import Solver
+from ..options import SolverOptions
+from ..registry import register_solver
+from ..solution import Solution
+from ._linalg import damped_cholesky
+
+
+def s_step(cost: torch.Tensor, spec, n: int) -> torch.Tensor:
+    """Pruned indicator (f,) bool: the groups with the smallest summed cost (ties: the higher index is pruned)."""
+    keep = spec.keep_columns_from_group_scores(spec.group_scores(cost), n)
+    return ~keep
+
+
+def w_step(w0_gram: torch.Tensor, gram: torch.Tensor, rho: float, d_diag: torch.Tensor, *,
+           max_tries: int = 8, row_batch=None) -> tuple[torch.Tensor, float]:
+    """``W = (W0 G) (G + rho diag(d_diag))^{-1}`` with one Cholesky factor for all rows."""
+    a = gram + torch.diag(rho * d_diag)
+    factor, used = damped_cholesky(a, 0.0, max_tries=max_tries)
+    rows = w0_gram.shape[0]
+    step = row_batch or rows
+    out = torch.empty_like(w0_gram)
+    for start in range(0, rows, step):
+        out[start:start + step] = torch.cholesky_solve(w0_gram[start:start + step].T, factor).T
+    return out, used
+
+
+def restore_kept_columns(w0: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, *,
+                         max_tries: int = 8) -> tuple[torch.Tensor, float]:
+    """Exact restoration on the kept columns: ``W_S = W0 G_{:,S} G_SS^{-1}``, ``W_P = 0`` (``gram`` damped)."""
+    idx = torch.nonzero(keep, as_tuple=False).flatten()
+    out = torch.zeros_like(w0)
+    if idx.numel() == 0:
+        return out, 0.0
+    g_ss = gram.index_select(0, idx).index_select(1, idx)
+    factor, used = damped_cholesky(g_ss, 0.0, max_tries=max_tries)
+    rhs = w0 @ gram.index_select(1, idx)
+    out[:, idx] = torch.cholesky_solve(rhs.T, factor).T
+    return out, used
+
+
+def final_restoration(layer, w0, gram, keep, max_tries) -> tuple[torch.Tensor, float]:
+    """Exact damped restoration on ``keep``; uses ``closed_form.restore_columns`` when it is installed.
+
+    Returns the weights and the absolute damping on top of G (layer damping plus any escalation).
+    """
+    try:
+        from .closed_form import restore_columns
+    except ImportError:  # fallback: the same formula on the damped Gram
+        w_hat, extra = restore_kept_columns(w0, gram, keep, max_tries=max_tries)
+        return w_hat, layer.damping_value() + extra
+    cols = torch.nonzero(keep, as_tuple=False).flatten()
+    return restore_columns(layer, cols, dtype=w0.dtype, device=w0.device, max_tries=max_tries)
+
+
+def penalized_value(w: torch.Tensor, w0: torch.Tensor, gram: torch.Tensor, omega: torch.Tensor,
+                    pruned: torch.Tensor, rho: float) -> float:
+    d = w - w0
+    cost = omega * (w * w).sum(dim=0)
+    return float(0.5 * torch.sum((d @ gram) * d) + 0.5 * rho * torch.sum(cost[pruned]))
+
+
+@register_solver(PenaltyRelaxation, backend="torch")
+class TorchPenalty(Solver):
+    """SPAP alternating minimization with rho continuation, on any torch device."""
+
+    options_type = SolverOptions
+
+    def run(self, formulation: PenaltyRelaxation, options: SolverOptions) -> Solution:
+        f = formulation
+        layer = f.layer
+        dtype, device = options.torch_dtype, options.resolve_device(layer.weight)
+        n = layer.in_features
+        w0 = layer.weight.detach().to(device=device, dtype=dtype)
+        gram = f.gram(dtype=dtype, device=device)
+        omega = f.omega(dtype=dtype, device=device)
+        w0_gram = w0 @ gram
+        rho = f.initial_rho()
+        w = w0.clone()
+        prev, stable, converged, damping_used = None, 0, False, layer.damping_value()
+        rho_trace, obj_trace, s_trace, ratio_trace = [], [], [], []
+        rounds = 0
+        for rounds in range(1, f.max_rounds + 1):
+            pruned = s_step(omega * (w * w).sum(dim=0), f.sparsity, n)
+            s_trace.append(penalized_value(w, w0, gram, omega, pruned, rho))
+            w, used = w_step(w0_gram, gram, rho, pruned.to(dtype) * omega,
+                             max_tries=options.max_damping_tries, row_batch=options.row_batch)
+            damping_used = max(damping_used, layer.damping_value() + used)
+            if not torch.isfinite(w).all():
+                from ...errors import NumericalError
+
+                raise NumericalError(f"SPAP W-step produced NaN/Inf at rho={rho:.3g}. Fix: use dtype='float64'.")
+            obj_trace.append(penalized_value(w, w0, gram, omega, pruned, rho))
+            rho_trace.append(rho)
+            total = float(torch.linalg.norm(w))
+            ratio = float(torch.linalg.norm(w[:, pruned])) / total if total > 0 else 0.0
+            ratio_trace.append(ratio)
+            stable = stable + 1 if prev is not None and torch.equal(prev, pruned) else 1
+            prev = pruned
+            if stable >= f.stable_rounds and ratio < f.eps:
+                converged = True
+                break
+            rho *= f.kappa
+        keep = ~prev
+        if f.final_restore:
+            w_hat, used = final_restoration(layer, w0, gram, keep, options.max_damping_tries)
+            damping_used = max(damping_used, used)
+        else:
+            w_hat = w * keep.to(dtype).unsqueeze(0)
+        weight = layer.weight
+        mask = keep.to(weight.device).unsqueeze(0).expand(layer.out_features, n).clone()
+        return Solution(
+            weights=w_hat.to(device=weight.device, dtype=weight.dtype),
+            mask=mask,
+            status="solved" if converged else "max_iter",
+            kept_columns=torch.nonzero(keep, as_tuple=False).flatten().to(weight.device),
+            stats={"rounds": rounds, "converged": converged, "damping_used": damping_used,
+                   "final_rho": rho_trace[-1]},
+            extras={"pruned": prev.to(torch.float64).cpu(), "rho_trace": rho_trace, "objective_trace": obj_trace,
+                    "s_step_trace": s_trace, "ratio_trace": ratio_trace, "rounds": rounds,
+                    "converged": converged, "penalty_weight": f.penalty_weight},
+        )

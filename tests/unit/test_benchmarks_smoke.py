@@ -1,0 +1,125 @@
+"""Smoke tests of the benchmark harnesses (benchmarks/models.py --smoke, benchmarks/gpu_scale.py at a tiny scale).
+
+They check that the scripts run end to end on a tiny random model and write the JSON and markdown with the
+expected fields; the numbers themselves mean nothing here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.hf
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_scale_tiny_cpu(tmp_path):
+    gpu_scale = _load("gpu_scale")
+    out = tmp_path / "GPU_SCALE.md"
+    rc = gpu_scale.main(["--device", "cpu", "--blocks", "1", "--scale", "0.015625", "--tokens", "256",
+                         "--seqlen", "128", "--out", str(out), "--json", "--quiet",
+                         "--solvers", "MultipleRemoval", "CoupledStructuredRemoval"])
+    assert rc == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["device"] == "cpu" and data["full_size"] is False
+    assert data["dims"] == {"hidden": 64, "mlp": 172, "heads": 2, "kv_heads": 1, "head_dim": 32}
+    assert data["runs"], "no solver was timed"
+    for run in data["runs"]:
+        assert run["status"] == "ok", run
+        assert run["block_time_s"] >= 0 and run["memory"]["peak_mib"] > 0
+        for mod in run["modules"].values():
+            assert mod["time_s"] >= 0 and 0 <= mod["rel_error"] < 1
+    settings = {(r["formulation"], r["setting"]) for r in data["runs"]}
+    assert ("MultipleRemoval", "2:4") in settings
+    assert ("CoupledStructuredRemoval", "channels30") in settings
+    assert ("CoupledStructuredRemoval", "2:4") not in settings  # declined, listed as skipped
+    assert any(s["solver"].endswith("CoupledRemoval") or "Coupled" in s["reason"] for s in data["skipped"])
+    md = out.read_text()
+    assert "REDUCED SIZE" in md and "Not run on a GPU" in md and "| formulation |" in md
+
+
+def test_llama_dims_scale_one_is_llama7b():
+    dims = _load("gpu_scale").llama_dims(1.0)
+    assert dims == {"hidden": 4096, "mlp": 11008, "heads": 32, "kv_heads": 8, "head_dim": 128}
+    assert _load("gpu_scale").llama_dims(0.125) == {"hidden": 512, "mlp": 1376, "heads": 4, "kv_heads": 1,
+                                                    "head_dim": 128}
+
+
+def test_models_plan_order_and_filters():
+    models = _load("models")
+    runs = models.plan_runs(None, None)
+    ids = [models.run_id(m, s) for m, s in runs]
+    assert ids[0] == "dense"
+    assert ids.index("fasp-channels30") < ids.index("fasp-channels20") < ids.index("wanda-unstructured50")
+    assert ids.index("fista-unstructured50") < ids.index("wanda-2-4")
+    for m in ("magnitude", "wanda", "sparsegpt", "mrp", "fista"):
+        assert f"{m}-unstructured50" in ids and f"{m}-2-4" in ids
+    for m in ("fasp", "flap", "spap", "admm"):
+        assert f"{m}-channels30" in ids and f"{m}-channels20" in ids
+    sub = models.plan_runs(["wanda"], ["2:4"])
+    assert [models.run_id(m, s) for m, s in sub] == ["dense", "wanda-2-4"]
+
+
+def test_models_smoke_inline_and_resume(tmp_path, capsys):
+    models = _load("models")
+    out = tmp_path / "results"
+    md = tmp_path / "RESULTS.md"
+    argv = ["--smoke", "--isolation", "inline", "--out-dir", str(out), "--md", str(md),
+            "--methods", "magnitude", "wanda", "fasp", "--settings", "unstructured50", "channels30",
+            "--speed-reps", "1"]
+    assert models.main(argv) == 0
+    for rid in ("dense", "magnitude-unstructured50", "wanda-unstructured50", "fasp-channels30"):
+        rec = json.loads((out / f"{rid}.json").read_text())
+        assert rec["status"] == "ok", rec.get("error")
+        assert rec["perplexity"]["ppl"] > 1 and rec["perplexity"]["seqlen"] == 64
+        assert rec["perplexity"]["windows"] == 2
+        assert rec["protocol"]["calibration"]["nsamples"] == 2
+        for key in ("machine", "versions", "params_before", "params_after", "wall_time_s"):
+            assert key in rec, key
+        if rid != "dense":
+            assert rec["prune_time_s"] > 0 and rec["prune_memory"]["peak_mib"] > 0
+            assert rec["report"]["layers"], "per-layer report missing"
+    fasp = json.loads((out / "fasp-channels30.json").read_text())
+    assert fasp["physically_smaller"] and fasp["params_after"]["total"] < fasp["params_before"]["total"]
+    assert fasp["speedup"] > 0 and fasp["speed"]["pruned"]["batch"] == [1, 64]
+    mag = json.loads((out / "magnitude-unstructured50.json").read_text())
+    assert mag["params_after"]["block_linear_nonzero"] <= 0.51 * mag["params_before"]["block_linear"]
+    text = md.read_text()
+    for needle in ("SMOKE RUN", "## Protocol", "## Results", "## Targets", "| fasp |", "Machine:", "Versions:",
+                   "Command:", "MET", "NOT RUN", "Not run on a GPU"):
+        assert needle in text, needle
+    targets = json.loads((out / "_targets.json").read_text())
+    assert {t["status"] for t in targets} <= {"MET", "MISSED", "NOT RUN"}
+    by_id = {t["id"]: t for t in targets}
+    assert by_id["wanda<<magnitude@unstructured50"]["status"] in ("MET", "MISSED")
+    assert by_id["mrp<=sparsegpt@2:4"]["status"] == "NOT RUN"
+    assert (out / "ppl_vs_sparsity.png").exists() and (out / "per_layer.png").exists()
+    capsys.readouterr()
+    assert models.main(argv + ["--no-plots"]) == 0  # resumable: finished runs are skipped
+    assert capsys.readouterr().out.count("exists (ok), skipped") == 4
+
+
+def test_models_subprocess_isolation(tmp_path):
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(BENCH / "models.py"), "--smoke", "--methods", "dense", "--out-dir", str(out),
+           "--md", str(tmp_path / "R.md"), "--no-plots"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rec = json.loads((out / "dense.json").read_text())
+    assert rec["status"] == "ok" and rec["speed"]["dense"]["tokens_per_s"] > 0
+    assert (out / "dense.log").exists()  # the worker's output, kept next to its JSON

@@ -1,0 +1,139 @@
+"""Unit tests of FISTAPruner: L1Relaxation, the torch FISTA solver, prox/projections and the reference twins."""
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import prunekit
+from prunekit.errors import FormulationError
+from prunekit.formulations.l1 import L1Relaxation
+from prunekit.formulations.layer import LayerData
+from prunekit.formulations.sparsity import NM, Channels, Unstructured
+from prunekit.solvers.torch.fista import fista, next_lambda
+from prunekit.verification.toy import random_layer
+
+
+def _layer(seed=0, m=4, n=8, star=False):
+    rng = np.random.default_rng(seed)
+    if not star:
+        return random_layer(rng, m, n, conditioning="correlated")
+    x = rng.standard_normal((4 * n, n))
+    return LayerData.from_inputs(torch.from_numpy(rng.standard_normal((m, n))), torch.from_numpy(x),
+                                 inputs_star=torch.from_numpy(x + 0.1 * rng.standard_normal(x.shape)))
+
+
+@pytest.mark.parametrize("spec", [Unstructured(0.5), Unstructured(0.5, scope="layer"), NM(2, 4)], ids=str)
+@pytest.mark.parametrize("star", [False, True])
+def test_projected_mode_matches_numpy_twin_and_obeys_spec(spec, star):
+    f = L1Relaxation(_layer(1, star=star), spec, warm_start="magnitude")
+    got = prunekit.solve(f, backend="torch", dtype="float64")
+    ref = prunekit.solve(f, backend="scipy")
+    assert torch.equal(got.mask, ref.mask)
+    assert torch.allclose(got.weights, ref.weights, rtol=0, atol=1e-10 * float(ref.weights.abs().max()))
+    assert np.allclose(got.extras["lambda_trace"], ref.extras["lambda_trace"], rtol=1e-12)
+    assert got.residuals["mask_violations"] == 0 and got.residuals["pruned_max_abs"] == 0
+
+
+@pytest.mark.parametrize("warm", ["magnitude", "wanda", "sparsegpt", "dense"])
+def test_never_worse_than_projected_warm_start(warm):
+    layer = _layer(2)
+    f = L1Relaxation(layer, Unstructured(0.5), warm_start=warm)
+    sol = prunekit.solve(f, backend="torch", dtype="float64")
+    w_start, used = f.warm_start_weights()
+    w_proj = w_start * Unstructured(0.5).project(w_start.abs()).double()
+    assert sol.objective <= layer.reconstruction_error(w_proj) * (1 + 1e-12)
+    assert used.startswith(warm) or used == "magnitude"
+    assert sol.extras["warm_start"] == used
+    assert sol.extras["e_best"] == pytest.approx(math.sqrt(2 * sol.objective), rel=1e-9)
+
+
+def test_adaptive_lambda_follows_the_xi_rule():
+    f = L1Relaxation(_layer(3), Unstructured(0.5), warm_start="magnitude", T=5)
+    sol = prunekit.solve(f, backend="torch", dtype="float64")
+    lam, lo, hi = sol.extras["lambda_trace"][0], 0.0, math.inf
+    assert lam == pytest.approx(1e-2 * f.lambda_max())
+    for t in range(4):
+        ratio = sol.extras["e_round"][t] / sol.extras["e_total"][t]
+        lam, lo, hi = next_lambda(lam, lo, hi, ratio > f.xi, 1.0)
+        assert sol.extras["lambda_trace"][t + 1] == pytest.approx(lam, rel=1e-12)
+    assert next_lambda(1.0, 0.0, math.inf, True, 9.0)[0] == 2.0  # doubling while unbounded
+    assert next_lambda(1.0, 0.5, 4.0, True, 9.0)[0] == 2.5  # bisection once bracketed
+    assert next_lambda(1.0, 0.0, math.inf, False, 9.0)[0] == 0.5
+
+
+def test_pure_lasso_matches_lbfgsb_and_has_kkt_certificate():
+    layer = _layer(4, star=True)
+    probe = L1Relaxation(layer, Unstructured(0.5), lam=0.0, adaptive=False, project=False)
+    f = replace(probe, lam=0.2 * probe.lambda_max(), K=3000, eps=0.0, warm_start="dense")
+    got = prunekit.solve(f, backend="torch", dtype="float64")
+    ref = prunekit.solve(f, backend="scipy")
+    assert got.residuals["lasso_kkt"] < 1e-8
+    assert got.residuals["mask_violations"] == 0  # the pure lasso has no sparsity constraint
+    assert abs(got.objective - ref.objective) <= 1e-9 * abs(ref.objective)
+    assert torch.allclose(got.weights, ref.weights, atol=1e-6 * float(ref.weights.abs().max()))
+    trace = np.array(got.extras["objective_trace"])
+    assert trace[-1] <= trace[0]
+
+
+@pytest.mark.reference
+def test_pure_lasso_matches_cvxpy():
+    layer = _layer(5)
+    probe = L1Relaxation(layer, Unstructured(0.5), lam=0.0, adaptive=False, project=False)
+    f = replace(probe, lam=0.1 * probe.lambda_max(), K=3000, eps=0.0, warm_start="dense")
+    got = prunekit.solve(f, backend="torch", dtype="float64")
+    ref = prunekit.solve(f, backend="cvxpy")
+    assert abs(got.objective - ref.objective) <= 1e-8 * abs(ref.objective)
+    assert torch.equal(got.mask, ref.mask)
+
+
+def test_smooth_grad_lipschitz_against_autograd():
+    layer = _layer(6, star=True)
+    f = L1Relaxation(layer, NM(2, 4))
+    w = torch.randn(layer.shape, dtype=torch.float64, requires_grad=True)
+    gs, c = f.gram_star(), f.cross()
+    val = 0.5 * torch.sum((w @ gs) * w) - torch.sum(w * c) + 0.5 * torch.sum((layer.weight @ layer.gram) * layer.weight)
+    val.backward()
+    assert torch.allclose(w.grad, f.grad(w.detach()), atol=1e-10)
+    assert f.smooth(w.detach()) == pytest.approx(float(val.detach()), rel=1e-10)
+    assert f.lipschitz() == pytest.approx(float(torch.linalg.matrix_norm(gs, ord=2)), rel=1e-10)
+    assert f.lambda_max() == pytest.approx(float(c.abs().max()))
+
+
+def test_fista_leaves_inputs_unchanged_and_float32_dtype():
+    layer = random_layer(np.random.default_rng(7), 3, 8)
+    layer32 = LayerData(weight=layer.weight.float(), gram=layer.gram.float(), num_tokens=layer.num_tokens)
+    w_before = layer32.weight.clone()
+    sol = prunekit.solve(L1Relaxation(layer32, NM(2, 4), warm_start="magnitude"), backend="torch")
+    assert sol.weights.dtype == torch.float32 and torch.equal(layer32.weight, w_before)
+    assert NM(2, 4).violations(sol.mask) == 0
+    w0 = torch.ones(2, 3, dtype=torch.float64)
+    w0_copy = w0.clone()
+    fista(torch.eye(3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64), 0.1, 1.0, w0, 5)
+    assert torch.equal(w0, w0_copy)
+
+
+@pytest.mark.parametrize(
+    "spec, kwargs, match",
+    [
+        (Unstructured(0.5), {"lam": -1.0}, "lam"),
+        (Unstructured(0.5), {"K": 0}, "K must"),
+        (Unstructured(0.5), {"T": 0}, "T must"),
+        (Unstructured(0.5), {"xi": 0.0}, "xi"),
+        (Unstructured(0.5), {"warm_start": "random"}, "warm_start"),
+        (Unstructured(0.5), {"threshold_group": "layer"}, "threshold_group"),
+        (Unstructured(0.5), {"project": False}, "adaptive"),
+        (Unstructured(0.5), {"project": False, "adaptive": False}, "lam"),
+        (Channels(count=2), {}, "PenaltyRelaxation"),
+    ],
+)
+def test_clear_errors(spec, kwargs, match):
+    with pytest.raises(FormulationError, match=match):
+        L1Relaxation(_layer(8), spec, **kwargs)
+
+
+def test_fista_rejects_negative_lambda():
+    with pytest.raises(ValueError, match="lam"):
+        fista(torch.eye(2), torch.zeros(1, 2), -0.1, 1.0, torch.zeros(1, 2), 3)

@@ -1,0 +1,143 @@
+"""The layer-sequential runner on tiny random LLaMA / OPT / GPT-2 models (prunekit.models.runner, prunekit.api)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import prunekit
+from prunekit.models.calibration import capture_block_inputs, collect_grams, forward_block
+from prunekit.models.plan import PruningPlan
+from prunekit.models.recipe import CalibrationSettings, Recipe
+
+FAMILIES = ("llama", "opt", "gpt2")
+
+
+def recipe(**kw) -> Recipe:
+    return Recipe(calibration=CalibrationSettings(nsamples=4, seqlen=24, mode=kw.pop("mode", "auto")), **kw)
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return torch.randint(2, 300, (4, 24), generator=torch.Generator().manual_seed(0))
+
+
+def tiny(family):
+    from _hf_tiny import tiny_model
+
+    return tiny_model(family)
+
+
+def linear_weights(model):
+    from prunekit.models.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    out = {}
+    for i, block in enumerate(adapter.blocks(model)):
+        for rel in adapter.linear_names(block):
+            out[f"{i}.{rel}"] = adapter.get_weight(block.get_submodule(rel)).detach()
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fasp_channels_removes_units_and_leaves_model_alone_until_apply(family, tokens):
+    model = tiny(family)
+    before = copy.deepcopy(model.state_dict())
+    plan = prunekit.plan(model, recipe(method="fasp", structure="channels", sparsity=0.3), tokens, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "plan() changed the model"
+    assert len(plan.group_edits) == 2  # one MLP group per block
+    for edit in plan.group_edits.values():
+        assert edit.num_units in (64, 128)  # intermediate width: 64 (llama, opt), 4 * 32 (gpt2)
+        assert len(edit.kept_units) == math.ceil(edit.num_units * 0.7 - 1e-9)  # FASP keeps ceil(n (1 - s))
+    assert all(r["objective"] >= 0 and 0 <= r["relative_error"] < 1 for r in plan.layers)
+    n_before = sum(p.numel() for p in model.parameters())
+    prunekit.apply_(model, plan)
+    assert sum(p.numel() for p in model.parameters()) < n_before
+    assert torch.isfinite(model(input_ids=tokens).logits).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sparsegpt_2_4_gives_exact_2_4_zeros(family, tokens):
+    model = tiny(family)
+    result = prunekit.prune(model, recipe(method="sparsegpt", structure="2:4", sparsity=0.5), tokens, progress=False)
+    weights = linear_weights(model)
+    assert len(result.plan.module_edits) == len(weights)
+    for name, w in weights.items():
+        zeros = (w.reshape(w.shape[0], -1, 4) == 0).sum(dim=-1)
+        assert bool((zeros >= 2).all()), f"{name} breaks 2:4"
+    assert result.report["nonzero_params_after"] < result.report["nonzero_params_before"]
+    assert all(r["mask_violations"] == 0 for r in result.report["layers"])
+
+
+def test_plan_replays_after_save_and_load(tmp_path, tokens):
+    model = tiny("llama")
+    plan = prunekit.plan(model, recipe(method="wanda", structure="unstructured", sparsity=0.5), tokens, progress=False)
+    plan.save(tmp_path / "plan")
+    replayed = prunekit.apply_(copy.deepcopy(model), PruningPlan.load(tmp_path / "plan"))
+    direct = prunekit.apply_(model, plan)
+    assert torch.allclose(replayed(input_ids=tokens).logits, direct(input_ids=tokens).logits)
+    assert plan.provenance["recipe"]["method"] == "wanda" and plan.provenance["mode"] == "propagated"
+
+
+def test_dense_and_propagated_modes_differ_only_after_block_0(tokens):
+    model = tiny("llama")
+    rows = {}
+    for mode in ("propagated", "dense"):
+        p = prunekit.plan(model, recipe(method="magnitude", structure="unstructured", sparsity=0.5, mode=mode),
+                          tokens, progress=False)
+        rows[mode] = [r["objective"] for r in p.layers]
+    half = len(rows["dense"]) // 2
+    assert rows["dense"][:half] == pytest.approx(rows["propagated"][:half], rel=1e-6)
+    assert rows["dense"][half:] != pytest.approx(rows["propagated"][half:], rel=1e-3)
+
+
+def test_intra_layer_statistics_pair_dense_targets_with_pruned_inputs(tokens):
+    """G* / X X*^T come from the partially pruned copy, G from the dense block (FISTAPruner §5.4)."""
+    from prunekit.models.adapters import adapter_for
+
+    model = tiny("llama")
+    adapter = adapter_for(model)
+    inputs = capture_block_inputs(model, adapter, tokens)
+    dense = copy.deepcopy(adapter.blocks(model)[0])
+    work = copy.deepcopy(dense)
+    with torch.no_grad():
+        work.self_attn.o_proj.weight.zero_()
+    accs = collect_grams(dense, inputs, ["mlp.gate_proj"], device="cpu", star_block=work)
+    plain = collect_grams(dense, inputs, ["mlp.gate_proj"], device="cpu")
+    acc = accs["mlp.gate_proj"]
+    assert torch.allclose(acc.gram, plain["mlp.gate_proj"].gram)
+    assert not torch.allclose(acc.gram_star, acc.gram)
+    out = forward_block(dense, inputs, device="cpu")
+    assert len(out.hidden) == 4 and out.hidden[0].shape == (1, 24, 32)
+
+
+def test_fista_uses_dense_sequential_mode_and_round_to(tokens):
+    model = tiny("opt")
+    p = prunekit.plan(model, recipe(method="fista", structure="unstructured", sparsity=0.5), tokens, progress=False)
+    assert p.provenance["mode"] == "dense_sequential"
+    assert all(r["sparsity"] == pytest.approx(0.5) for r in p.layers)
+    p = prunekit.plan(model, recipe(method="fasp", structure="channels", sparsity=0.3, round_to=8), tokens,
+                      progress=False)
+    assert all(len(e.kept_units) == 48 for e in p.group_edits.values())
+
+
+def test_softmax_allocation_meets_the_budget_non_uniformly(tokens):
+    model = tiny("llama")
+    r = recipe(method="fasp", structure="channels", sparsity=0.4, allocation="softmax", temperature=0.2)
+    p = prunekit.plan(model, r, tokens, progress=False)
+    kept = [len(e.kept_units) for e in p.group_edits.values()]
+    assert sum(64 - k for k in kept) == round(0.4 * 128)
+    assert kept[0] != kept[1]
+
+
+def test_attention_heads_option_removes_heads(tokens):
+    model = tiny("llama")
+    r = recipe(method="fasp", structure="channels", sparsity=0.5, attention="heads")
+    p = prunekit.plan(model, r, tokens, progress=False)
+    kinds = {e.kind for e in p.group_edits.values()}
+    assert "glu_channel" in kinds and kinds & {"attention_head", "gqa_group"}
+    prunekit.apply_(model, p)
+    assert torch.isfinite(model(input_ids=tokens).logits).all()
