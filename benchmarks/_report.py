@@ -57,7 +57,7 @@ def layer_rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             continue
-        row = {"name": item.get("name") or item.get("module") or item.get("group") or str(i)}
+        row = {"name": item.get("name") or item.get("module") or item.get("group") or str(i), "block": item.get("block", i)}
         for key in ("sparsity", "achieved_sparsity", "kept_fraction"):
             if isinstance(item.get(key), (int, float)):
                 row["sparsity"] = 1 - item[key] if key == "kept_fraction" else item[key]
@@ -172,7 +172,8 @@ def table_rows(runs: dict[str, dict[str, Any]], plan: list[str]) -> list[list[An
         spd = rec.get("speed") or {}
         if "pruned" in spd:
             speed = (f"{spd['dense']['tokens_per_s']:.0f} → {spd['pruned']['tokens_per_s']:.0f} "
-                     f"({rec['speedup']:.2f}×)")
+                     f"({rec['speedup']:.2f}×" + (f"; best-of {rec['speedup_best']:.2f}×" if rec.get("speedup_best") else "")
+                     + ")")
             mem = f"{spd['dense']['memory_mib']:.1f} → {spd['pruned']['memory_mib']:.1f}"
         elif "dense" in spd:
             speed = f"{spd['dense']['tokens_per_s']:.0f}"
@@ -200,6 +201,15 @@ HEADERS = ["method", "setting", "status", "ppl", "vs dense", "prune s", "prune p
 
 
 # ----------------------------------------------------------------------------------------------- plots
+SETTING_LABELS = {"unstructured50": "50% unstructured", "2:4": "2:4", "channels30": "30% MLP channels",
+                  "channels20": "20% MLP channels", "channels30_attn": "30% channels + attention",
+                  "channels20_attn": "20% channels + attention"}
+
+
+def _mean(values):
+    vals = [v for v in values if isinstance(v, (int, float))]
+    return sum(vals) / len(vals) if vals else None
+
 def make_plots(runs: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
     try:
         import matplotlib
@@ -210,7 +220,7 @@ def make_plots(runs: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
         return []
     paths = []
     dense_ppl = ppl(runs.get(DENSE))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
     methods = sorted({r["method"] for r in runs.values() if r.get("method") != DENSE})
     markers = {"unstructured50": "o", "2:4": "s", "channels30": "^", "channels20": "^", "channels30_attn": "v",
                "channels20_attn": "v"}
@@ -236,10 +246,10 @@ def make_plots(runs: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
         ax.axhline(dense_ppl, color="k", lw=1, ls="--", label=f"dense {dense_ppl:.2f}")
     if any_point or dense_ppl:
         ax.set_yscale("log")
-        ax.set_xlabel("sparsity (o 50% unstructured, □ 2:4 (shifted +0.01), △ MLP channels, ▽ channels + attention)")
+        ax.set_xlabel("target sparsity   (o 50% unstr.,  □ 2:4 (x+0.01),  △ MLP channels,  ▽ + attention)")
         ax.set_ylabel("WikiText-2 perplexity (log)")
         ax.set_title("Perplexity against sparsity per method")
-        ax.legend(fontsize=8, ncol=2)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         path = out_dir / "ppl_vs_sparsity.png"
         fig.savefig(path, dpi=110)
@@ -248,27 +258,40 @@ def make_plots(runs: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
 
     per_layer = {k: layer_rows(r) for k, r in runs.items() if r.get("status") == "ok" and r.get("method") != DENSE}
     per_layer = {k: v for k, v in per_layer.items() if v}
-    if per_layer:
-        fig, axes = plt.subplots(2, 1, figsize=(9, 7), sharex=False)
-        for i, (k, rows) in enumerate(sorted(per_layer.items())):
-            xs = list(range(len(rows)))
-            sp = [r.get("sparsity") for r in rows]
-            er = [r.get("rel_error") for r in rows]
-            style = dict(color=f"C{i % 10}", lw=1, alpha=0.8, label=k)
-            if any(v is not None for v in sp):
-                axes[0].plot([x for x, v in zip(xs, sp) if v is not None], [v for v in sp if v is not None], **style)
-            if any(v is not None and v > 0 for v in er):
-                axes[1].plot([x for x, v in zip(xs, er) if v is not None and v > 0],
-                             [v for v in er if v is not None and v > 0], **style)
-        axes[0].set_ylabel("achieved sparsity")
-        axes[0].set_title("Per-layer sparsity and relative reconstruction error (from each run's report)")
-        axes[1].set_ylabel("rel. reconstruction error (log)")
-        axes[1].set_yscale("log")
-        axes[1].set_xlabel("pruned module / group, in pruning order")
-        axes[0].legend(fontsize=6, ncol=3)
+    settings = [s for s in ("unstructured50", "2:4", "channels30", "channels20", "channels30_attn", "channels20_attn")
+                if any(runs[k].get("setting") == s for k in per_layer)]
+    if per_layer and settings:
+        fig, axes = plt.subplots(2, len(settings), figsize=(4.2 * len(settings), 6.5), squeeze=False)
+        colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+        for col, setting in enumerate(settings):
+            for k, rows in sorted(per_layer.items()):
+                rec = runs[k]
+                if rec.get("setting") != setting:
+                    continue
+                blocks: dict[int, list[dict]] = {}
+                for i, r in enumerate(rows):
+                    b = r.get("block", i)
+                    blocks.setdefault(int(b) if isinstance(b, (int, float)) else i, []).append(r)
+                xs = sorted(blocks)
+                sp = [_mean([r.get("sparsity") for r in blocks[b]]) for b in xs]
+                er = [_mean([r.get("rel_error") for r in blocks[b]]) for b in xs]
+                style = dict(color=colors.get(rec["method"], "k"), lw=1.2, marker=".", label=rec["method"])
+                pts = [(x, v) for x, v in zip(xs, sp) if v is not None]
+                if pts:
+                    axes[0][col].plot(*zip(*pts), **style)
+                pts = [(x, v) for x, v in zip(xs, er) if v is not None and v > 0]
+                if pts:
+                    axes[1][col].plot(*zip(*pts), **style)
+            axes[0][col].set_title(SETTING_LABELS.get(setting, setting))
+            axes[1][col].set_yscale("log")
+            axes[1][col].set_xlabel("block")
+            axes[0][col].legend(fontsize=7)
+        axes[0][0].set_ylabel("achieved sparsity (mean over targets)")
+        axes[1][0].set_ylabel("relative reconstruction error\n(mean over the block's targets)")
+        fig.suptitle("Per-layer sparsity and reconstruction error (from each run's report)")
         fig.tight_layout()
         path = out_dir / "per_layer.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=100)
         paths.append(path)
         plt.close(fig)
     return paths
@@ -338,7 +361,8 @@ def write_report(out_dir: Path, md: Path, meta: dict[str, Any], plan: list[str],
         "`prune` (reset before it via /proc/self/clear_refs; includes the model), or max CUDA memory allocated.",
         f"* Speed: batch 1 × {proto.get('speed', {}).get('batch', [1, '?'])[1]} random tokens, forward without "
         "cache; median of timed forwards after warm-up, dense and pruned interleaved in the same process with the "
-        "same thread count, measured only for physically smaller models. Memory = parameter bytes + the RSS increment "
+        "same thread count, measured only for physically smaller models; the speedup is the ratio of medians "
+        "(targets use it), 'best-of' the ratio of the fastest forwards. Memory = parameter bytes + the RSS increment "
         "of one forward.",
         ("* Each run in a fresh subprocess (per-run RSS peaks; a crash or timeout is recorded, not fatal)"
          if meta.get("isolation", "process") == "process" else "* All runs in one process (`--isolation inline`)")
@@ -370,6 +394,9 @@ def write_report(out_dir: Path, md: Path, meta: dict[str, Any], plan: list[str],
     lines += ["## Targets (evaluated automatically from the JSON)", ""]
     if smoke:
         lines += ["> Smoke run: the targets are evaluated to exercise the code; they say nothing here.", ""]
+    lines += ["The anchors of methods.md §9 are for OPT/LLaMA models and are not numerically comparable with this "
+              "model; the targets test the orderings they show (e.g. OPT-125M at 50%: FISTAPruner 33.54 < SparseGPT "
+              "37.01 < Wanda 38.96 ≪ magnitude 193.35; FASP +16% and SPAP 1.29× inference speed at 30%).", ""]
     lines.append(md_table(["target", "status", "numbers"],
                           [[t["target"], f"**{t['status']}**", t["numbers"]] for t in targets]))
     lines.append("")

@@ -213,7 +213,7 @@ def write_markdown(path: Path, meta: dict, rows: list) -> None:
     lines = ["# Layer solver benchmark", "", f"* device: **{meta['device_name']}** (`--device {meta['device']}`)",
              f"* torch {meta['torch']}, python {meta['python']}, {meta['date']}",
              f"* command: `{meta['command']}`",
-             f"* calibration tokens: {meta['tokens']}; per-run budget: {meta['max_seconds']} s; solver options: defaults (float32)",
+             f"* calibration tokens: {meta['tokens']}; per-entry budget (s): {meta['max_seconds']}; solver options: defaults (float32)",
              "* gap = (objective − objective of the closed-form restoration on the solver's own mask) / the latter "
              "(0 = optimal weights for that mask; '–' = not computed: unstructured masks above "
              f"{meta['gap_max_weights']} weights, or not a layer problem)",
@@ -233,6 +233,32 @@ def write_markdown(path: Path, meta: dict, rows: list) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def finalize(rows: list) -> list:
+    """Objective relative to SparseGPT (FASP for channels) on the same shape and spec."""
+    for r in rows:
+        ref_solver = "TorchCoupledRemoval" if r["spec"] == "channels30" else "TorchSparseGPT"
+        base = next((b for b in rows if b["solver"] == ref_solver and b["shape"] == r["shape"]
+                     and b["spec"] == r["spec"] and b.get("objective")), None)
+        if base and r.get("objective") is not None and r["formulation"] not in ("SparseLLMSplit", "LayerAllocation"):
+            r["vs_sparsegpt"] = r["objective"] / base["objective"]
+        if r["formulation"] == "LayerAllocation":
+            r["relative_error"] = None  # an allocation has no reconstruction error (objective = entropy objective)
+    return rows
+
+
+def merge(paths: list, out: Path, json_out: str = "") -> dict:
+    """Combine the JSON files of several runs (e.g. one per shape) into one markdown table."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    meta = dict(runs[0]["meta"])
+    for key in ("command", "max_seconds", "load", "date", "tokens"):
+        meta[key] = " ; ".join(str(r["meta"][key]) for r in runs)
+    rows = finalize([row for r in runs for row in r["rows"]])
+    write_markdown(out, meta, rows)
+    if json_out:
+        Path(json_out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    return {"meta": meta, "rows": rows}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="576x1536,2048x8192,4096x11008")
@@ -241,17 +267,32 @@ def main(argv=None) -> dict:
     ap.add_argument("--solvers", default="")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "LAYER_SOLVERS.md"))
     ap.add_argument("--json", default="")
-    ap.add_argument("--max-seconds", type=float, default=300.0)
+    ap.add_argument("--max-seconds", type=float, default=300.0, help="per (solver, spec, shape) budget")
     ap.add_argument("--gap-max-weights", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="tiny shapes (default 32x64), in-process, smoke test")
+    ap.add_argument("--merge", default="", help="comma-separated JSON files of earlier runs: write one table")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge.split(","), Path(args.out), args.json)
     if args.quick and args.shapes == ap.get_default("shapes"):
         args.shapes, args.tokens = "32x64", min(args.tokens, 256)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda requested but no CUDA device is available.")
     solvers = torch_solvers([s for s in args.solvers.split(",") if s])
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    rows = []
+    meta = {"device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "command": " ".join(["python", "benchmarks/layer_solvers.py", *(argv if argv is not None else sys.argv[1:])]),
+            "tokens": args.tokens, "load": load, "max_seconds": args.max_seconds, "gap_max_weights": args.gap_max_weights}
+    rows: list = []
+
+    def flush() -> dict:  # written after every entry, so an interrupted run keeps what it measured
+        result = {"meta": meta, "rows": finalize(rows)}
+        write_markdown(Path(args.out), meta, rows)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+        return result
+
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes.split(","):
             m, n = (int(v) for v in shape.lower().split("x"))
@@ -270,23 +311,8 @@ def main(argv=None) -> dict:
                     rows.append({"shape": shape, "solver": cls.__name__, "formulation": cls.formulation_type.__name__,
                                  "spec": spec, **r})
                     print(json.dumps(rows[-1]), flush=True)
-    for r in rows:  # objective relative to SparseGPT (FASP for channels) on the same shape and spec
-        ref_solver = "TorchCoupledRemoval" if r["spec"] == "channels30" else "TorchSparseGPT"
-        base = next((b for b in rows if b["solver"] == ref_solver and b["shape"] == r["shape"]
-                     and b["spec"] == r["spec"] and b.get("objective")), None)
-        if base and r.get("objective") is not None and r["formulation"] not in ("SparseLLMSplit", "LayerAllocation"):
-            r["vs_sparsegpt"] = r["objective"] / base["objective"]
-        if r["formulation"] == "LayerAllocation":
-            r["relative_error"] = None  # an allocation has no reconstruction error (objective = entropy objective)
-    meta = {"device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "command": " ".join(["python", "benchmarks/layer_solvers.py", *(argv if argv is not None else sys.argv[1:])]),
-            "tokens": args.tokens, "load": load, "max_seconds": args.max_seconds, "gap_max_weights": args.gap_max_weights}
-    write_markdown(Path(args.out), meta, rows)
-    result = {"meta": meta, "rows": rows}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
-    return result
+                    flush()
+    return flush()
 
 
 def _worker(argv) -> None:

@@ -46,7 +46,7 @@ def main() -> None:
     dense = tiny_llama()
     # Calibration: 8 windows of 64 tokens sampled from the model (seed 0); evaluation: another sample.
     calib = calibration_windows(None, "self", nsamples=8, seqlen=SEQLEN, seed=0, model=dense)
-    eval_tokens = sample_from_model(dense, nsamples=4, seqlen=4 * SEQLEN, seed=1).flatten()
+    eval_tokens = sample_from_model(dense, nsamples=4, seqlen=2 * SEQLEN, seed=1).flatten()
     base = perplexity(dense, eval_tokens, SEQLEN)
     print(f"dense: {n_params(dense):,} parameters, ppl {base['ppl']:.2f} "
           f"(seqlen {base['seqlen']}, {base['windows']} windows)")

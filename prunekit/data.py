@@ -6,8 +6,8 @@ Sources
     WikiText-2 raw v1.  Offline: the local raw files ``<data_dir>/wikitext-2-raw/wiki.{valid,test}.raw``
     (``data_dir`` = the argument, else ``$PRUNEKIT_DATA_DIR``, else ``../shared/data`` beside the working
     directory or the checkout).  Online: ``datasets.load_dataset("wikitext", "wikitext-2-raw-v1")``.
-    Calibration uses the **train** split through ``datasets`` and the **valid** file locally (train is not
-    shipped; valid is disjoint from test).  Evaluation uses the **test** split.
+    Calibration uses the **train** split (a local ``wiki.train.raw`` first, else ``datasets``), falling back to
+    the local **valid** file when no local train file exists (train is not shipped; valid is disjoint from test).  Evaluation uses the **test** split.
 a file path
     Any UTF-8 text file.
 ``"self"``
@@ -179,8 +179,9 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
             raise DataError("calibration source 'self' samples text from the model: pass model=.")
         return sample_from_model(model, nsamples, seqlen, seed, tokenizer)
     if source == "wikitext2":
-        local, _ = find_local_wikitext("validation", data_dir)
-        split = "validation" if local is not None else "train"
+        train, _ = find_local_wikitext("train", data_dir)
+        valid, _ = find_local_wikitext("validation", data_dir)
+        split = "validation" if train is None and valid is not None else "train"
         text = _text_of(source, split, data_dir, " ")
     else:
         text = _text_of(source, "train", data_dir, " ")

@@ -62,7 +62,8 @@ def plot_layers(layers: list[dict], path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [row["module"].split(".", 2)[-1] if row.get("group") is None else row["group"] for row in layers]
+    labels = [f"{row.get('block', '')} " + ".".join((row.get("group") or row["module"]).split(".")[-2:])
+              for row in layers]
     xs = list(range(len(layers)))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.18 * len(xs) + 2), 6), sharex=True)
     ax1.bar(xs, [row.get("sparsity", 0.0) for row in layers], color="tab:blue")
@@ -108,13 +109,13 @@ def run(args: argparse.Namespace) -> int:
         eval_seqlen = args.eval_seqlen or c.seqlen
         report["ppl_before"] = perplexity(model, eval_tokens, eval_seqlen, args.eval_windows, device=args.device)
         print(f"perplexity before: {report['ppl_before']['ppl']:.3f} "
-              f"(seqlen {eval_seqlen}, {report['ppl_before']['windows']} windows)")
+              f"(seqlen {eval_seqlen}, {report['ppl_before']['windows']} windows)", flush=True)
     result = api.prune(model, recipe, tokens, device=args.device, progress=not args.no_progress)
     report.update(result.report)
     if eval_tokens is not None:
         report["ppl_after"] = perplexity(model, eval_tokens, eval_seqlen, args.eval_windows, device=args.device)
         print(f"perplexity after:  {report['ppl_after']['ppl']:.3f} "
-              f"(seqlen {eval_seqlen}, {report['ppl_after']['windows']} windows)")
+              f"(seqlen {eval_seqlen}, {report['ppl_after']['windows']} windows)", flush=True)
     report["time_total_s"] = time.perf_counter() - start
     folder = save_pruned(model, tokenizer, out, plan=result.plan, report=report, overwrite=args.overwrite)
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=str))

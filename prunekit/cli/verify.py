@@ -20,7 +20,8 @@ import sys
 def register(subparsers) -> None:
     """Add the ``verify`` subcommand to the ``prunekit`` parser."""
     p = subparsers.add_parser("verify", help="check the claims of methods.md on random toy layers",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__.replace("``", "").replace("::\n", ""),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="few trials per claim (fast)")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.add_argument("--claims", default="", help="comma-separated claim ids, e.g. C1,C12 (default: all)")

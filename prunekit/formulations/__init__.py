@@ -31,6 +31,9 @@ _LAZY = {
     "ADMMSplit": "admm",
     "SparseLLMSplit": "sparsellm",
     "LayerAllocation": "allocation",
+    "GLURecovery": "glu_recovery",
+    "MIPToPenalty": "penalty",
+    "RelaxedChannelMIP": "reductions_spap",
 }
 
 

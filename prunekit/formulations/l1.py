@@ -2,7 +2,8 @@
 
 Derived parts [derived, not from the paper]: the default initial ``lam`` (``1e-2 * lambda_max``), the
 definitions of ``E_round``/``E_total``, the bisection bracket (start ``[0, inf)``, doubling while unbounded),
-the per-row form of the early-stopping rule, and the fallbacks of the warm start.
+the per-row form of the early-stopping rule, the projected warm start as the initial incumbent ``W_best``, and
+the fallbacks of the warm start.
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ class L1Relaxation(Formulation):
         choice = int(rng.integers(0, 3))
         if choice == 2:
             return cls(layer, Unstructured(0.5), lam=0.05 * float(layer.weight.abs().max()) * float(layer.gram.diagonal().mean()),
-                       adaptive=False, project=False, K=500, warm_start="dense")
+                       adaptive=False, project=False, K=5000, eps=1e-13, warm_start="dense")
         spec = NM(2, 4) if choice == 1 else Unstructured(0.5)
         return cls(layer, spec, warm_start="magnitude")
 

@@ -89,17 +89,22 @@ class MaskedReconstructionMIP(Formulation):
     def _extra_residuals(self, solution) -> Mapping[str, float]:
         """Stationarity of the weights for the solution's own mask (an optimum is restored, C1).
 
-        ``restoration_stationarity`` measures it for the damped Gram; an exact (undamped) optimum shows a
-        residual of order ``layer.damping``, so ``stationarity_undamped`` is reported as well.
+        ``stationarity`` uses the damped Gram (``restoration_stationarity``), so an exact (undamped) optimum
+        shows a residual of order ``layer.damping`` there; ``stationarity_undamped`` is the exact certificate
+        ``max |(W_hat A - B)_kept| / max |B|`` with A = G, B = W G (A = G*, B = C with error correction).
         """
         out = {"stationarity": restoration_stationarity(self.layer, solution.weights, solution.mask)}
-        if not self.layer.has_error_correction:
-            w = self.layer.weight.detach().double().to(solution.weights.device)
-            g = self.layer.gram.detach().double().to(solution.weights.device)
-            grad = (solution.weights.detach().double() - w) @ g
-            scale = float((w @ g).abs().max()) or 1.0
-            kept = grad[solution.mask.bool()]
-            out["stationarity_undamped"] = float(kept.abs().max()) / scale if kept.numel() else 0.0
+        dev = solution.weights.device
+        if self.layer.has_error_correction:
+            a = self.layer.gram_star.detach().double().to(dev)
+            b = self.layer.cross.detach().double().to(dev)
+        else:
+            a = self.layer.gram.detach().double().to(dev)
+            b = self.layer.weight.detach().double().to(dev) @ a
+        grad = solution.weights.detach().double() @ a - b
+        kept = grad[solution.mask.bool()]
+        scale = float(b.abs().max()) or 1.0
+        out["stationarity_undamped"] = float(kept.abs().max()) / scale if kept.numel() else 0.0
         return out
 
     @classmethod

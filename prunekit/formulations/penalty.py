@@ -67,6 +67,10 @@ class PenaltyRelaxation(Formulation):
     final_restore : bool
         Exact damped restoration on the final kept set (otherwise the last W-step, zeroed off the set).
 
+    Observed behaviour [checked, report ``spap_gap``]: on toy GLU layers the selected set never moved after the
+    first s-step, whatever rho0/kappa, so the method acted as the score ``omega_j ||W0_{:,j}||^2`` plus exact
+    restoration (gram_diag: median 1.0001x the brute-force optimum, worst 1.52x; literal: median 2.7x).
+
     Guarantee: HEURISTIC for the masked-reconstruction MIP (a feasible kept set, no optimality proof).
     Source: SPAP, Hu & Yuan, arXiv 2505.03373 (model); update rules derived.
     """

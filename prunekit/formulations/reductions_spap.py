@@ -21,7 +21,7 @@ Paper: SPAP, arXiv 2505.03373 (the relaxation theorem, as reconstructed in metho
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, ClassVar, Mapping
 
 import torch
 

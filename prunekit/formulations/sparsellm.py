@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Mapping, Optional
 
 import torch
@@ -202,12 +203,17 @@ class SparseLLMSplit(Formulation):
         return mlp_forward(self.family, cast(self.inputs), {k: cast(v) for k, v in self.dense_weights().items()},
                            {k: cast(v) for k, v in self.biases().items()})
 
+    @cached_property
+    def _target64(self) -> torch.Tensor:
+        """Y in float64 on the CPU, computed once (the formulation is immutable)."""
+        return self.dense_target(dtype=torch.float64, device="cpu")
+
     def block_error(self, weights: Mapping[str, torch.Tensor]) -> float:
         """1/2 ||f(X; weights) - Y||_F^2 in float64."""
         d64 = lambda t: None if t is None else t.detach().double().cpu()  # noqa: E731
         out = mlp_forward(self.family, d64(self.inputs), {k: d64(v) for k, v in weights.items()},
                           {k: d64(v) for k, v in self.biases().items()})
-        return float(0.5 * ((out - self.dense_target(device="cpu")) ** 2).sum())
+        return float(0.5 * ((out - self._target64) ** 2).sum())
 
     # ------------------------------------------------------------------ certificates
     def residuals(self, solution) -> dict[str, float]:
@@ -235,7 +241,7 @@ class SparseLLMSplit(Formulation):
             out["nonfinite"] += float((~torch.isfinite(w)).sum())
         obj = self.block_error(weights) if out["nonfinite"] == 0 else float("nan")
         out["objective"] = obj
-        energy = float(0.5 * (self.dense_target(device="cpu") ** 2).sum())
+        energy = float(0.5 * (self._target64 ** 2).sum())
         out["relative_error"] = obj / energy if energy > 0 else obj
         return out
 

@@ -27,6 +27,7 @@ Unstructured and N:M results are dense tensors with zeros: they are labelled ``s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,20 +42,28 @@ from ..errors import ModelError
 from .adapters import adapter_for
 
 FORMAT_VERSION = 1
-SPEEDUP_KINDS = frozenset({"channels", "structured"})
+SPEEDUP_KINDS = frozenset({"structured"})
 
 
 def _infer_sparsity_kind(plan) -> str:
+    """``"structured"`` when units were physically removed (group edits), the module edits' kinds otherwise
+    (``"unstructured"``, ``"n:m"``, ``"channels"`` = zeroed columns left in place); joined with ``+`` when mixed."""
     if plan is None:
         return "dense"
+    kinds = sorted({e.sparsity_kind for e in plan.module_edits.values()} - {"dense"})
     if plan.group_edits:
-        return "structured"
-    kinds = {e.sparsity_kind for e in plan.module_edits.values()} - {"dense"}
-    return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "dense")
+        kinds = ["structured"] + [k for k in kinds if k not in {"channels", "structured"}]
+    return "+".join(kinds) or "dense"
+
+
+def _speedup_claimed(kind: str) -> bool:
+    """Only physically removed units make a model faster; zeros in dense tensors do not."""
+    return set(kind.split("+")) <= SPEEDUP_KINDS
 
 
 def linear_shapes(model: nn.Module) -> dict[str, list]:
-    """``{module: [out, in, has_bias]}`` for every linear module of the decoder blocks ((out, in) layout)."""
+    """``{module: [out, in, has_bias(, [full_out, full_in])]}`` for every linear module of the decoder blocks
+    ((out, in) layout; the last entry only for a ``CompactLinear``)."""
     adapter = adapter_for(model)
     shapes = {}
     for i, block in enumerate(adapter.blocks(model)):
@@ -62,7 +71,10 @@ def linear_shapes(model: nn.Module) -> dict[str, list]:
         for rel in adapter.linear_names(block):
             mod = block.get_submodule(rel)
             out_f, in_f = adapter.get_weight(mod).shape
-            shapes[f"{prefix}.{rel}"] = [int(out_f), int(in_f), mod.bias is not None]
+            entry = [int(out_f), int(in_f), mod.bias is not None]
+            if hasattr(mod, "full_out"):  # CompactLinear (compacted V/O channels)
+                entry.append([int(mod.full_out), int(mod.full_in)])
+            shapes[f"{prefix}.{rel}"] = entry
     return shapes
 
 
@@ -90,7 +102,8 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, *, plan=None, report: Opti
     Parameters
     ----------
     sparsity_kind : str, optional
-        ``"structured"`` (units removed), ``"unstructured"``, ``"n:m"`` or ``"dense"``; inferred from ``plan``.
+        ``"structured"`` (units removed), ``"unstructured"``, ``"n:m"``, ``"channels"`` (zeroed columns kept in
+        place), ``"dense"``, or a ``+``-joined mix; inferred from ``plan``.  Only ``"structured"`` claims a speedup.
     base_config : dict, optional
         Config of the unpruned architecture (needed to rebuild heterogeneous models); defaults to
         ``model._prunekit_base_config`` (recorded by ``apply_`` before its first change) or the current config.
@@ -109,8 +122,8 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, *, plan=None, report: Opti
         "family": adapter.name,
         "format": "stock" if stock else "rebuild",
         "sparsity_kind": kind,
-        "speedup_claimed": kind in SPEEDUP_KINDS,
-        "note": ("pruned units physically removed" if kind in SPEEDUP_KINDS else
+        "speedup_claimed": _speedup_claimed(kind),
+        "note": ("pruned units physically removed" if _speedup_claimed(kind) else
                  "dense weights with zeros: no speedup claimed" if kind != "dense" else "dense"),
     }
     if not stock:
@@ -208,10 +221,15 @@ def load_pruned(path, dtype: torch.dtype = torch.float32, device="cpu"):
     base = dict(meta["base_config"])
     base.pop("prunekit", None)
     config = AutoConfig.for_model(**base)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    try:  # every tensor is loaded below (checked), so skip the random initialization
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        no_init_weights = contextlib.nullcontext
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        for name, (out_f, in_f, has_bias, *full) in meta["linear_shapes"].items():
+            resize_module_(model, name, int(out_f), int(in_f), bool(has_bias), full[0] if full else None)
     adapter = adapter_for(model)
-    for name, (out_f, in_f, has_bias) in meta["linear_shapes"].items():
-        resize_module_(model, name, int(out_f), int(in_f), bool(has_bias), adapter)
     adapter.fix_config(model)
     model._prunekit_base_config = base
     state = _state_dict(folder)

@@ -7,8 +7,11 @@
    bias compensation);
 2. every ``group_edits`` entry removes the pruned units of its coupled group: the downstream module loses the
    units' input columns and each upstream module the units' output rows and bias entries (new, smaller
-   ``nn.Linear`` / ``Conv1D`` modules with the same dtype and device).  ``vo_channel`` groups are applied as
-   zeroed columns and rows (HF attention ties the value head size to the query ``head_dim``);
+   ``nn.Linear`` / ``Conv1D`` modules with the same dtype and device).  ``vo_channel`` groups (FASP) are
+   *compacted*: HF attention ties the value head size to the query ``head_dim``, so v_proj becomes a
+   :class:`CompactLinear` that computes only the kept rows and scatters them into a zero output of full
+   width, and o_proj one that gathers the kept input columns -- their weights shrink, the attention core
+   still runs at full ``head_dim``;
 3. the adapter's ``fix_config`` updates per-module attributes (heads, KV groups) and ``model.config``.
 
 Each layer keeps its own counts, so heterogeneous widths across layers work.  :func:`mask_model_` builds the
@@ -19,6 +22,7 @@ two give identical outputs, which the tests check.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -29,8 +33,36 @@ from .adapters import FamilyAdapter, adapter_for
 from .groups import CoupledGroup
 from .plan import GroupEdit, PruningPlan
 
-MASKED_KINDS = frozenset({"vo_channel"})
-"""Group kinds applied as zeros (no shape change) by :func:`apply_`."""
+COMPACT_KINDS = frozenset({"vo_channel"})
+"""Group kinds applied by :class:`CompactLinear` (index gather/scatter) instead of plain slicing."""
+
+
+class CompactLinear(nn.Linear):
+    """A linear map that stores only some input columns and output rows of a ``full_out x full_in`` map.
+
+    ``forward(x) = scatter(out_index, W x[..., in_index] + b)`` into a zero tensor of width ``full_out``;
+    ``weight`` is ``(len(out_index), len(in_index))``.  The indices are persistent buffers, so the module
+    round-trips through safetensors (``prunekit.load_pruned``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, full_in: int, full_out: int,
+                 dtype=None, device=None):
+        super().__init__(in_features, out_features, bias=bias, dtype=dtype, device=device)
+        self.full_in, self.full_out = int(full_in), int(full_out)
+        self.register_buffer("in_index", torch.arange(in_features, device=device))
+        self.register_buffer("out_index", torch.arange(out_features, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_features != self.full_in:
+            x = x.index_select(-1, self.in_index)
+        y = nn.functional.linear(x, self.weight, self.bias)
+        if self.out_features == self.full_out:
+            return y
+        out = y.new_zeros(*y.shape[:-1], self.full_out)
+        return out.index_copy_(out.dim() - 1, self.out_index, y)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, full_in={self.full_in}, full_out={self.full_out}"
 
 
 def round_kept_count(n_keep: int, n_total: int, multiple: Optional[int]) -> int:
@@ -70,6 +102,35 @@ def new_linear_like(old: nn.Module, out_features: int, in_features: int, bias: b
     raise ModelError(f"cannot resize module of type {type(old).__name__}; only nn.Linear and Conv1D are supported.")
 
 
+def _compact_(model, adapter, group: CoupledGroup, kept, present: dict[str, list[int]]) -> None:
+    """Compact the pruned units of a ``vo_channel`` group; ``present[name]`` lists, for modules already sliced
+    by a head group, the original indices still there (input columns for o_proj, output rows for v_proj)."""
+    if not kept:
+        raise ModelError(f"group {group.name}: every unit is pruned; keep at least one channel.")
+    pruned = _pruned_units(group, kept)
+    specs = [(group.downstream, {c for u in pruned for c in group.units[u]}, True)]
+    specs += [(n, {r for u in pruned for r in rows[u]}, False) for n, rows in group.upstream.items()]
+    for name, removed, is_input in specs:
+        old = model.get_submodule(name)
+        w = adapter.get_weight(old).detach()
+        full = w.shape[1] if is_input else w.shape[0]
+        here = present.get(name, range(full))
+        idx = torch.tensor([p for p, orig in enumerate(here) if orig not in removed], dtype=torch.long,
+                           device=w.device)
+        bias = None if old.bias is None else old.bias.detach()
+        out_f, in_f = (w.shape[0], len(idx)) if is_input else (len(idx), w.shape[1])
+        with warnings.catch_warnings():  # a head whose kept channels were all pruned leaves 0 columns
+            warnings.simplefilter("ignore", UserWarning)
+            new = CompactLinear(in_f, out_f, bias is not None, w.shape[1], w.shape[0], dtype=w.dtype,
+                                device=w.device)
+        new.weight.copy_(w[:, idx] if is_input else w[idx])
+        if bias is not None:
+            new.bias.copy_(bias if is_input else bias[idx])
+        (new.in_index if is_input else new.out_index).copy_(idx)
+        parent, child = _parent(model, name)
+        setattr(parent, child, new.train(old.training))
+
+
 def _replace(model: nn.Module, adapter: FamilyAdapter, name: str, weight: torch.Tensor,
              bias: Optional[torch.Tensor]) -> None:
     old = model.get_submodule(name)
@@ -84,11 +145,15 @@ def _replace(model: nn.Module, adapter: FamilyAdapter, name: str, weight: torch.
 
 
 def resize_module_(model: nn.Module, name: str, out_features: int, in_features: int, bias: bool,
-                   adapter: Optional[FamilyAdapter] = None) -> None:
-    """Replace module ``name`` by an uninitialized one of the given shape (used by ``load_pruned``)."""
-    adapter = adapter or adapter_for(model)
+                   full: Optional[Sequence[int]] = None) -> None:
+    """Replace module ``name`` by an uninitialized one of the given shape (used by ``load_pruned``);
+    ``full = (full_out, full_in)`` makes it a :class:`CompactLinear`."""
     old = model.get_submodule(name)
-    new = new_linear_like(old, out_features, in_features, bias)
+    if full is not None:
+        w = old.weight
+        new = CompactLinear(in_features, out_features, bias, full[1], full[0], dtype=w.dtype, device=w.device)
+    else:
+        new = new_linear_like(old, out_features, in_features, bias)
     parent, child = _parent(model, name)
     setattr(parent, child, new)
 
@@ -129,27 +194,17 @@ def _pruned_units(group: CoupledGroup, kept: Sequence[int]) -> list[int]:
     return [u for u in range(group.num_units) if u not in keep]
 
 
-def _zero_(model, adapter, group: CoupledGroup, kept, upstream: bool) -> None:
+def _zero_(model, adapter, group: CoupledGroup, kept) -> None:
+    """Zero the downstream input columns of the pruned units (the masked twin)."""
     pruned = _pruned_units(group, kept)
     cols = sorted(c for u in pruned for c in group.units[u])
     module = model.get_submodule(group.downstream)
     w = adapter.get_weight(module).detach().clone()
     w[:, cols] = 0
     adapter.set_weight(module, w)
-    if not upstream:
-        return
-    for name, rows_of in group.upstream.items():
-        rows = sorted(r for u in pruned for r in rows_of[u])
-        mod = model.get_submodule(name)
-        w = adapter.get_weight(mod).detach().clone()
-        w[rows, :] = 0
-        adapter.set_weight(mod, w)
-        if mod.bias is not None:
-            with torch.no_grad():
-                mod.bias[rows] = 0
 
 
-def _slice_(model, adapter, group: CoupledGroup, kept) -> None:
+def _slice_(model, adapter, group: CoupledGroup, kept, present: dict[str, list[int]]) -> None:
     if not kept:
         raise ModelError(f"group {group.name}: every unit is pruned. Removing a whole block is not supported; "
                          "keep at least one unit (the recipe's ratio must be < 1).")
@@ -158,7 +213,9 @@ def _slice_(model, adapter, group: CoupledGroup, kept) -> None:
     w = adapter.get_weight(module).detach()
     _replace(model, adapter, group.downstream, w[:, cols.to(w.device)].clone(),
              None if module.bias is None else module.bias.detach().clone())
+    present[group.downstream] = group.columns_of(kept)
     for name in group.upstream:
+        present[name] = group.rows_of(name, kept)
         rows = torch.tensor(group.rows_of(name, kept), dtype=torch.long)
         mod = model.get_submodule(name)
         w = adapter.get_weight(mod).detach()
@@ -175,8 +232,11 @@ def _resolve_groups(model, adapter, plan: PruningPlan) -> list[tuple[GroupEdit, 
             raise ModelError(f"plan group {name!r} is not a coupled group of this model. "
                              f"Known kinds: {sorted({g.kind for g in groups.values()})}.")
         group = groups[name]
+        if any(isinstance(model.get_submodule(m), CompactLinear) for m in (group.downstream, *group.upstream)):
+            raise ModelError(f"group {name}: its modules hold compacted V/O channels from an earlier apply_; "
+                             "plan all structures of a model at once, from the unpruned model.")
         kept = _check_edit(edit, group)
-        if group.kind not in MASKED_KINDS:
+        if group.kind not in COMPACT_KINDS:
             if group.downstream in seen:
                 raise ModelError(f"groups {seen[group.downstream]!r} and {name!r} both physically prune "
                                  f"{group.downstream}; a plan may remove units of one structure per module.")
@@ -196,12 +256,13 @@ def apply_(model: nn.Module, plan: PruningPlan) -> nn.Module:
         model._prunekit_base_config = model.config.to_dict()
     for name, edit in plan.module_edits.items():
         write_module_edit_(model, adapter, edit.module or name, edit.weight, edit.bias)
-    for _, group, kept in resolved:  # masked kinds first: their indices refer to the full shapes
-        if group.kind in MASKED_KINDS:
-            _zero_(model, adapter, group, kept, upstream=True)
+    present: dict[str, list[int]] = {}  # original indices still present after slicing, per module
     for _, group, kept in resolved:
-        if group.kind not in MASKED_KINDS:
-            _slice_(model, adapter, group, kept)
+        if group.kind not in COMPACT_KINDS:
+            _slice_(model, adapter, group, kept, present)
+    for _, group, kept in resolved:  # after the heads: only the channels of kept heads remain to compact
+        if group.kind in COMPACT_KINDS:
+            _compact_(model, adapter, group, kept, present)
     if resolved:
         adapter.fix_config(model)
     return model
@@ -216,7 +277,7 @@ def mask_model_(model: nn.Module, plan: PruningPlan) -> nn.Module:
     for name, edit in plan.module_edits.items():
         write_module_edit_(model, adapter, edit.module or name, edit.weight, edit.bias)
     for _, group, kept in resolved:
-        _zero_(model, adapter, group, kept, upstream=False)
+        _zero_(model, adapter, group, kept)
     return model
 
 
@@ -231,21 +292,24 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def removed_parameters(model: nn.Module, plan: PruningPlan) -> int:
-    """Parameters that ``apply_(model, plan)`` removes (computed on the unpruned model, pure)."""
+    """Parameters that ``apply_(model, plan)`` removes (computed on the unpruned model, pure): per module, the
+    removed input columns and output rows (with their bias entries), each weight entry counted once."""
     adapter = adapter_for(model)
-    total = 0
+    cols: dict[str, set] = {}
+    rows: dict[str, set] = {}
     for _, group, kept in _resolve_groups(model, adapter, plan):
-        if group.kind in MASKED_KINDS:
-            continue
         pruned = _pruned_units(group, kept)
-        down = model.get_submodule(group.downstream)
-        total += adapter.get_weight(down).shape[0] * sum(len(group.units[u]) for u in pruned)
+        cols.setdefault(group.downstream, set()).update(c for u in pruned for c in group.units[u])
         for name, rows_of in group.upstream.items():
-            mod = model.get_submodule(name)
-            per_row = adapter.get_weight(mod).shape[1] + (1 if mod.bias is not None else 0)
-            total += per_row * sum(len(rows_of[u]) for u in pruned)
+            rows.setdefault(name, set()).update(r for u in pruned for r in rows_of[u])
+    total = 0
+    for name in set(cols) | set(rows):
+        mod = model.get_submodule(name)
+        out_f, in_f = adapter.get_weight(mod).shape
+        rc, rr = len(cols.get(name, ())), len(rows.get(name, ()))
+        total += out_f * rc + in_f * rr - rc * rr + (rr if mod.bias is not None else 0)
     return total
 
 
 __all__ = ["apply_", "mask_model_", "round_kept_count", "count_parameters", "removed_parameters",
-           "new_linear_like", "resize_module_", "MASKED_KINDS"]
+           "new_linear_like", "resize_module_", "CompactLinear", "COMPACT_KINDS"]

@@ -117,8 +117,10 @@ def resolve(formulation: "Formulation", backend: str = "auto") -> Solver:
     able = [c.backend for c in candidates if c().accepts(formulation)[0]]
     if backend != "auto" and not any(c.backend == backend for c in candidates):
         tried.append(f"{backend}: no solver registered for {ftype.__name__}")
+    advice = getattr(formulation, "advice", "")
     raise NoSolverError(
         f"no solver accepts {ftype.__name__} with backend={backend!r}. "
         f"Tried: {'; '.join(tried) or 'nothing registered'}. "
         f"Backends that can solve this problem: {', '.join(able) or 'none'}."
+        + (f" {advice}" if advice else "")
     )

@@ -194,3 +194,15 @@ def test_missing_example_and_missing_twin_fail(toy_registry):
         assert not any(n in checks for n in ("solution_contract", "deterministic"))
     finally:
         unregister_solver(Lonely)
+
+
+def test_to_device_moves_every_tensor_and_keeps_values():
+    """Property: to_device copies the formulation with all tensors on the target device (CPU here)."""
+    from prunekit.formulations import FixedMaskRestoration
+    from prunekit.verification.contracts import _tensors, to_device
+
+    f = FixedMaskRestoration.example(np.random.default_rng(0))
+    g = to_device(f, "cpu")
+    assert g is not f and type(g) is type(f)
+    before, after = _tensors(f), _tensors(g)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

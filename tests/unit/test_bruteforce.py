@@ -121,3 +121,19 @@ def test_declines_too_many_masks_with_advice():
     assert num_masks(f.sparsity, layer.shape) == 2 ** 16
     with pytest.raises(NoSolverError, match="masks to enumerate"):
         solve(f, backend="bruteforce")
+
+
+def test_error_corrected_objective_is_supported():
+    """Property: with X* (gram_star, cross) the channel optimum is min_S min ||W' X*_S - W X||^2 / 2 (direct lstsq)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((30, 5))
+    xs = x + 0.2 * rng.standard_normal((30, 5))
+    w = rng.standard_normal((2, 5))
+    layer = LayerData.from_inputs(torch.from_numpy(w), torch.from_numpy(x), inputs_star=torch.from_numpy(xs))
+    sol = solve(MaskedReconstructionMIP(layer, Channels(count=2)), backend="bruteforce")
+    best = np.inf
+    for kept in itertools.combinations(range(5), 3):
+        coef = np.linalg.lstsq(xs[:, kept], x @ w.T, rcond=None)[0]
+        best = min(best, 0.5 * float(np.sum((xs[:, kept] @ coef - x @ w.T) ** 2)))
+    assert sol.objective == pytest.approx(best, rel=1e-9)
+    assert sol.residuals["stationarity_undamped"] < 1e-9

@@ -95,3 +95,15 @@ def test_self_source_samples_from_the_model_deterministically():
     assert int(a.max()) < 50 and bool((a[:, 0] == model.config.bos_token_id).all())
     with pytest.raises(DataError, match="pass model="):
         data.calibration_windows(None, "self", 1, 4)
+
+
+def test_local_train_file_is_preferred_for_calibration(tmp_path):
+    raw = tmp_path / "wikitext-2-raw"
+    raw.mkdir()
+    (raw / "wiki.train.raw").write_text(" \n" + " = Train = \n" * 40)
+    (raw / "wiki.valid.raw").write_text(" \n" + " = Valid = \n" * 40)
+    w = data.calibration_windows(chars, "wikitext2", nsamples=2, seqlen=30, data_dir=tmp_path)
+    assert "Train" in "".join(chr(i) for i in w.flatten().tolist())
+    (raw / "wiki.train.raw").unlink()
+    w = data.calibration_windows(chars, "wikitext2", nsamples=2, seqlen=30, data_dir=tmp_path)
+    assert "Valid" in "".join(chr(i) for i in w.flatten().tolist())

@@ -2,7 +2,8 @@
 
 Collected: ``examples/0*.py``.  An example that needs the network (e.g. downloading a model) declares it
 with a line ``# needs: network`` and is left out of this offline test (listed in the module's
-``NETWORK_EXAMPLES`` for visibility); every other example must pass.
+``NETWORK_EXAMPLES`` for visibility); every other example must pass.  Examples that import transformers
+carry the ``hf`` marker (skipped by ``tests/conftest.py`` only where the [hf] extra is not installed).
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ def test_examples_exist():
     assert {"01_toy_layer_verify.py", "02_custom_formulation.py"} <= names
 
 
-@pytest.mark.parametrize("script", OFFLINE_EXAMPLES, ids=[p.name for p in OFFLINE_EXAMPLES])
+def _param(path: Path):
+    """Examples importing transformers need the [hf] extra (``hf`` marker: skipped where it is missing)."""
+    text = path.read_text()
+    needs_hf = "from transformers" in text or "import transformers" in text
+    return pytest.param(path, id=path.name, marks=[pytest.mark.hf] if needs_hf else [])
+
+
+@pytest.mark.parametrize("script", [_param(p) for p in OFFLINE_EXAMPLES])
 def test_example_runs(script):
     """Property: the example exits with status 0 within 5 minutes and stays under 150 lines."""
     assert len(script.read_text().splitlines()) < 150, f"{script.name} is too long for an example"

@@ -137,3 +137,13 @@ def test_clear_errors(spec, kwargs, match):
 def test_fista_rejects_negative_lambda():
     with pytest.raises(ValueError, match="lam"):
         fista(torch.eye(2), torch.zeros(1, 2), -0.1, 1.0, torch.zeros(1, 2), 3)
+
+
+def test_runs_on_every_device(device):
+    layer = _layer(9)
+    moved = LayerData(weight=layer.weight.to(device), gram=layer.gram.to(device), num_tokens=layer.num_tokens)
+    sol = prunekit.solve(L1Relaxation(moved, NM(2, 4), warm_start="magnitude"), backend="torch", dtype="float64")
+    ref = prunekit.solve(L1Relaxation(layer, NM(2, 4), warm_start="magnitude"), backend="torch", dtype="float64")
+    assert sol.weights.device.type == device.type
+    assert torch.equal(sol.mask.cpu(), ref.mask)
+    assert torch.allclose(sol.weights.cpu(), ref.weights, atol=1e-10)

@@ -105,3 +105,22 @@ def test_clear_errors(change, err, match):
     with pytest.raises(err, match=match):
         GLURecovery.from_block(args["inputs"], args["w_gate"], args["w_up"], args["w_down"], args["kept"],
                                iterations=args["iterations"], method=args["method"])
+
+
+@pytest.mark.parametrize("method", ["lstsq", "gradient"])
+def test_torch_matches_numpy_twin(method):
+    f = GLURecovery.from_block(*_block(8), iterations=3, method=method)
+    got = prunekit.solve(f, backend="torch", dtype="float64")
+    ref = prunekit.solve(f, backend="scipy")
+    assert np.allclose(got.extras["objective_trace"], ref.extras["objective_trace"], rtol=1e-8)
+    assert torch.allclose(got.weights, ref.weights, atol=1e-7)
+    assert torch.allclose(got.extras["w_up"], ref.extras["w_up"], atol=1e-7)
+
+
+def test_runs_on_every_device(device):
+    x, wg, wu, wd, kept = _block(9)
+    on = GLURecovery.from_block(*(t.to(device) for t in (x, wg, wu, wd)), kept, iterations=2)
+    sol = prunekit.solve(on, backend="torch", dtype="float64")
+    ref = prunekit.solve(GLURecovery.from_block(x, wg, wu, wd, kept, iterations=2), backend="torch", dtype="float64")
+    assert sol.weights.device.type == device.type
+    assert np.allclose(sol.extras["objective_trace"], ref.extras["objective_trace"], rtol=1e-9)

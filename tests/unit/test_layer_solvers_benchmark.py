@@ -44,3 +44,17 @@ def test_registry_is_covered():
     bench = _load()
     names = {c.__name__ for c in bench.torch_solvers()}
     assert {"TorchADMM", "TorchSparseLLM", "TorchAllocation"} <= names
+
+
+def test_merge_combines_runs(tmp_path):
+    bench = _load()
+    paths = []
+    for shape in ("8x16", "16x16"):
+        js = tmp_path / f"{shape}.json"
+        bench.main(["--quick", "--shapes", shape, "--tokens", "32", "--solvers", "TorchMagnitude",
+                    "--out", str(tmp_path / f"{shape}.md"), "--json", str(js)])
+        paths.append(str(js))
+    merged = bench.main(["--merge", ",".join(paths), "--out", str(tmp_path / "all.md")])
+    assert {r["shape"] for r in merged["rows"]} == {"8x16", "16x16"}
+    text = (tmp_path / "all.md").read_text()
+    assert "| 8x16 | TorchMagnitude |" in text and "| 16x16 | TorchMagnitude |" in text

@@ -122,3 +122,24 @@ def test_mip_reduction_is_heuristic_and_round_trips():
     assert Channels(count=3).violations(sol.mask) == 0
     opt = prunekit.solve(mip, backend="bruteforce")
     assert sol.objective >= opt.objective * (1 - 1e-9)
+
+
+def test_spap_gap_report_smoke():
+    from prunekit.verification.claims import all_reports
+
+    report = {r.id: r for r in all_reports()}["spap_gap"]
+    out = report.run(2, 0)
+    ratios = out["ratios"]
+    for key in ("penalty_gram_diag.final", "penalty_literal.final", "greedy.selection", "penalty_gram_diag.selection"):
+        assert ratios[key]["median"] >= 1.0 - 1e-9, key  # nothing beats the brute-force optimum
+    assert ratios["penalty_gram_diag.final"]["worst"] >= ratios["penalty_gram_diag.selection"]["worst"] - 1e-9
+
+
+def test_runs_on_every_device(device):
+    layer = _layer(9)
+    moved = type(layer)(weight=layer.weight.to(device), gram=layer.gram.to(device), num_tokens=layer.num_tokens)
+    sol = prunekit.solve(PenaltyRelaxation(moved, Channels(count=3)), backend="torch", dtype="float64")
+    ref = prunekit.solve(PenaltyRelaxation(layer, Channels(count=3)), backend="torch", dtype="float64")
+    assert sol.weights.device.type == device.type
+    assert torch.equal(sol.kept_columns.cpu(), ref.kept_columns)
+    assert torch.allclose(sol.weights.cpu(), ref.weights, atol=1e-10)

@@ -141,3 +141,20 @@ def test_attention_heads_option_removes_heads(tokens):
     assert "glu_channel" in kinds and kinds & {"attention_head", "gqa_group"}
     prunekit.apply_(model, p)
     assert torch.isfinite(model(input_ids=tokens).logits).all()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "mrp", "fista", "fasp", "spap", "flap", "admm"])
+def test_every_method_runs_through_the_runner(method):
+    from prunekit.models.methods import METHODS
+
+    structure = "channels" if METHODS[method].supports("channels") else "2:4"
+    tokens = torch.randint(2, 300, (2, 16), generator=torch.Generator().manual_seed(1))
+    model = tiny("llama")
+    r = Recipe(method=method, structure=structure, sparsity=0.25,
+               calibration=CalibrationSettings(nsamples=2, seqlen=16))
+    p = prunekit.plan(model, r, tokens, progress=False)
+    assert p.layers and all(math.isfinite(row["objective"]) for row in p.layers)
+    assert all(row["mask_violations"] == 0 for row in p.layers)
+    assert {row["formulation"] for row in p.layers} == {METHODS[method].formulation}
+    expected = 0.25 if structure == "channels" else 0.5
+    assert all(row["sparsity"] == pytest.approx(expected, abs=0.02) for row in p.layers)

@@ -98,6 +98,25 @@ def test_heterogeneous_widths_refuse_silent_stock_loading(tmp_path):
     assert torch.allclose(_logits(reloaded, tokens()), _logits(model, tokens()), atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["qwen2", "opt", "gpt2"])
+def test_compacted_vo_channels_roundtrip(tmp_path, family):
+    """FASP's V/O channels are stored compacted (smaller weights + index buffers) and rebuilt by load_pruned."""
+    from prunekit.models.graph import coupled_groups
+
+    model = tiny_model(family, dtype=torch.float32)
+    model.config._attn_implementation = "sdpa"
+    plan = _plan(model, hetero=True)
+    for g in coupled_groups(model, kinds="vo_channel"):
+        plan.group_edits[g.name] = GroupEdit(g.name, g.kind, tuple(range(0, g.num_units, 3)), g.num_units)
+    apply_(model, plan)
+    out = save_pruned(model, None, tmp_path / "vo", plan=plan)
+    meta = json.loads((out / "config.json").read_text())["prunekit"]
+    assert meta["format"] == "rebuild"
+    assert sum(len(v) == 4 for v in meta["linear_shapes"].values()) == 4  # v and o of 2 blocks
+    loaded, _ = load_pruned(out)
+    assert torch.allclose(_logits(loaded, tokens()), _logits(model, tokens()), atol=1e-5)
+
+
 def test_added_bias_forces_the_prunekit_loader(tmp_path):
     model = tiny_model("llama", dtype=torch.float32)
     name = "model.layers.0.self_attn.o_proj"
@@ -108,7 +127,7 @@ def test_added_bias_forces_the_prunekit_loader(tmp_path):
     assert torch.equal(loaded.get_submodule(name).bias, model.get_submodule(name).bias)
 
 
-@pytest.mark.parametrize("kind", ["unstructured", "n:m"])
+@pytest.mark.parametrize("kind", ["unstructured", "n:m", "channels"])
 def test_unstructured_results_are_labelled_dense_with_zeros(tmp_path, kind):
     model = tiny_model("llama", dtype=torch.float32)
     name = "model.layers.0.mlp.down_proj"
@@ -122,6 +141,21 @@ def test_unstructured_results_are_labelled_dense_with_zeros(tmp_path, kind):
     assert "no speedup" in meta["note"]
     loaded, _ = load_pruned(out)
     assert torch.equal(loaded.get_submodule(name).weight, w)
+
+
+def test_mixed_plans_are_labelled_and_claim_no_speedup(tmp_path):
+    model, plan = _pruned("llama", hetero=False, kinds="glu_channel")
+    name = "model.layers.0.self_attn.q_proj"
+    w = model.get_submodule(name).weight.detach().clone()
+    w[:, :4] = 0
+    plan.module_edits[name] = ModuleEdit(name, weight=w, sparsity_kind="unstructured")
+    plan.module_edits["model.layers.0.mlp.down_proj"] = ModuleEdit("model.layers.0.mlp.down_proj",
+                                                                   sparsity_kind="channels")
+    out = save_pruned(model, None, tmp_path / "mix", plan=plan)
+    meta = json.loads((out / "config.json").read_text())["prunekit"]
+    assert meta["sparsity_kind"] == "structured+unstructured" and meta["speedup_claimed"] is False
+    assert json.loads((save_pruned(model, None, tmp_path / "d") / "config.json").read_text())["prunekit"][
+        "sparsity_kind"] == "dense"
 
 
 def test_failure_mid_save_leaves_no_output_folder(tmp_path):

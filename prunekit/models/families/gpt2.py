@@ -9,7 +9,7 @@ rest of prunekit sees the PyTorch (out, in) layout.  Coupled groups:
 * ``ffn_channel`` -- row j (and bias entry) of c_fc in (out, in) layout, column j of mlp.c_proj;
 * ``attention_head`` -- rows ``h*hd + c`` of each of the q, k and v thirds of c_attn and the ``hd`` columns of
   attn.c_proj;
-* ``vo_channel`` -- one row of the v third of c_attn and one column of attn.c_proj (applied as zeroed columns,
+* ``vo_channel`` -- one row of the v third of c_attn and one column of attn.c_proj (compacted by surgery:
   HF attention ties the value head size to ``head_dim``).
 """
 
@@ -51,7 +51,9 @@ class GPT2Adapter(FamilyAdapter):
     def attention_counts(self, model: nn.Module, index: int) -> tuple[int, int, int]:
         attn = self.blocks(model)[index].attn
         hd = int(attn.head_dim)
-        n = attn.c_proj.weight.shape[0] // hd  # c_proj is Conv1D: weight (in, out)
+        c_attn = attn.c_attn  # fused q|k|v: Conv1D weight (in, 3E), or a CompactLinear of full width 3E
+        width = c_attn.full_out if hasattr(c_attn, "full_out") else self.get_weight(c_attn).shape[0]
+        n = width // 3 // hd
         return n, n, hd
 
     def coupled_groups(self, model: nn.Module, index: int) -> list[CoupledGroup]:

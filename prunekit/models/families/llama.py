@@ -14,7 +14,7 @@ Coupled groups (methods.md §3.2, §4.2, §8.4; claim C2):
   o_proj columns of the ``G`` query heads;
 * ``vo_channel`` (FASP) -- channel c of KV head g: row ``g*hd + c`` of v_proj and the o_proj columns
   ``(g*G + q)*hd + c`` of the ``G`` query heads that read it.  HF attention modules tie the value head size
-  to ``head_dim``, so surgery applies these as zeroed columns (no shape change).
+  to ``head_dim``, so surgery compacts them (``CompactLinear``: smaller weights, index gather/scatter).
 
 Counts are read from the current module shapes, so the adapter describes pruned models too (each layer keeps
 its own head and channel counts).

@@ -8,7 +8,7 @@ Coupled groups (methods.md §3.2, §4.2; claim C2):
 * ``ffn_channel`` -- channel j: row j and bias entry j of fc1, column j of fc2 (b2 is kept);
 * ``attention_head`` -- q/k/v rows and bias entries of head h, the ``head_dim`` out_proj columns of head h;
 * ``vo_channel`` (FASP) -- row c (and bias entry) of v_proj with column c of out_proj; HF's OPT attention ties the
-  value head size to ``head_dim``, so surgery applies these as zeroed columns.
+  value head size to ``head_dim``, so surgery compacts them (``CompactLinear``).
 
 OPT computes ``head_dim = hidden_size / num_attention_heads``: after head removal the stock config cannot
 describe the model, and ``prunekit.load_pruned`` rebuilds it from the stored shapes.

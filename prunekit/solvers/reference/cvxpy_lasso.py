@@ -23,6 +23,32 @@ from ..registry import register_solver
 from ..solution import Solution
 
 
+def polish(value: np.ndarray, gs: np.ndarray, c: np.ndarray, lam: float) -> np.ndarray:
+    """Make an interior-point lasso solution exactly sparse (per row, standard support polishing).
+
+    Take the support S (|w| > 1e-7 max|w|) and signs sigma of the row, solve the KKT system on S,
+    ``G*_SS w_S = c_S - lam sigma``, and accept the result when it certifies optimality (signs kept,
+    ``|grad_j| <= lam`` off S); otherwise keep the raw row.
+    """
+    out = value.copy()
+    thr = 1e-7 * max(np.abs(value).max(), 1e-300)
+    for i in range(value.shape[0]):
+        s = np.abs(value[i]) > thr
+        row = np.zeros_like(value[i])
+        if s.any():
+            sigma = np.sign(value[i, s])
+            try:
+                row[s] = np.linalg.solve(gs[np.ix_(s, s)], c[i, s] - lam * sigma)
+            except np.linalg.LinAlgError:
+                continue
+            if not np.all(np.sign(row[s]) == sigma):
+                continue
+        grad = row @ gs - c[i]
+        if np.all(np.abs(grad[~s]) <= lam * (1 + 1e-9)):
+            out[i] = row
+    return out
+
+
 @register_solver(L1Relaxation, backend="cvxpy")
 class CvxpyLasso(Solver):
     """Exact (interior-point) lasso optimum for toy layers."""
@@ -56,11 +82,7 @@ class CvxpyLasso(Solver):
             prob.solve()
         if w.value is None or prob.status not in ("optimal", "optimal_inaccurate"):
             raise RuntimeError(f"CVXPY lasso failed with status {prob.status!r}.")
-        value = np.asarray(w.value)
-        # Interior-point solutions are not exactly sparse: snap entries that satisfy the zero KKT condition.
-        grad = value @ gs - c
-        small = (np.abs(value) <= 1e-9 * max(np.abs(value).max(), 1e-300)) & (np.abs(grad) <= lam * (1 + 1e-9))
-        value = np.where(small, 0.0, value)
+        value = polish(np.asarray(w.value), gs, c, lam)
         weight = f.layer.weight
         out = torch.from_numpy(value).to(device=weight.device, dtype=weight.dtype)
         return Solution(weights=out, mask=(out != 0), status="optimal",

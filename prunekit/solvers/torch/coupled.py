@@ -1,9 +1,9 @@
 """Torch solver for CoupledStructuredRemoval (FASP, methods.md §4.2): score, select groups, restore.
 
 One code path for CPU and CUDA.  Scores are computed in float64 (so the selection is the same for every
-compute dtype); the restoration ``W_S = W Gd_{:,S} (Gd_SS)^{-1}`` runs in ``options.dtype`` on
-``options.device`` with one damped Cholesky of the |S| x |S| block (escalating damping, reported in
-``stats["damping_used"]``).  Weights come back in the layer weight's dtype and device.
+compute dtype); the restoration ``W_S = W_S + W_P G_PS (G_SS + lambda I)^{-1} = W Gd_{:,S} (Gd_SS)^{-1}``
+(``closed_form.restore_columns``) runs in ``options.dtype`` on ``options.device`` with one damped Cholesky
+of the |S| x |S| block (escalating damping, reported in ``stats["damping_used"]``).  Weights come back in the layer weight's dtype and device.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ...formulations.scores import COLUMN_SCORES
 from ..base import Solver
 from ..registry import register_solver
 from ..solution import Solution
-from ._columns import restore_kept_columns
+from .closed_form import restore_columns
 
 
 def select_columns(formulation: CoupledStructuredRemoval) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,8 +38,8 @@ class TorchCoupledRemoval(Solver):
         keep, col = select_columns(formulation)
         keep = keep.to(device)
         if formulation.restore:
-            w_hat, damping = restore_kept_columns(layer, keep, dtype=dtype, device=device,
-                                                  max_tries=options.max_damping_tries)
+            w_hat, damping = restore_columns(layer, keep, dtype=dtype, device=device,
+                                             max_tries=options.max_damping_tries)
         else:
             w_hat = layer.weight.detach().to(device=device, dtype=dtype) * keep.to(dtype).unsqueeze(0)
             damping = 0.0

@@ -5,8 +5,10 @@
     W_k = prox_{lam/L}(V_k - (V_k G* - C)/L);  t_{k+1} = (1 + sqrt(1 + 4 t_k^2))/2;
     V_{k+1} = W_k + (t_k - 1)/t_{k+1} (W_k - W_{k-1})
 
-A row stops once ``||w_k - w_{k-1}|| < eps ||w_{k-1}||`` (the paper's Eq. 6 applied per row [derived], so
-rows stay independent: per-row solves equal the joint solve, C10).  ``TorchFISTA`` wraps it in FISTAPruner's
+A row stops once ``||w_k - w_{k-1}|| <= eps ||w_{k-1}||`` with ``w_{k-1} != 0`` (the paper's Eq. 6 applied per row
+[derived], so rows stay independent: per-row solves equal the joint solve, C10; a row sitting at exactly 0 keeps
+iterating, since FISTA's momentum can leave 0 again).  The outer loop starts from the projected warm start as
+the incumbent ``W_best`` [derived], so the result is never worse than the projected warm start.  ``TorchFISTA`` wraps it in FISTAPruner's
 outer loop (T rounds from the best projected iterate, hard projection, adaptive λ with a bisection bracket
 that doubles while unbounded, ``E_round/E_total`` against ``xi`` [derived definitions]).
 """

@@ -11,7 +11,8 @@ Alternating minimization of (P_rho) with continuation [derived reconstruction, s
 4. project onto the selected set and apply the exact damped restoration (C1).
 
 ``extras``: ``pruned`` (s, float (f,)), ``rho_trace``, ``objective_trace`` (P_rho after each W-step, at that
-round's rho), ``s_step_trace`` (P_rho after each s-step), ``ratio_trace``, ``rounds``, ``converged``.
+round's rho), ``s_step_trace`` (P_rho after each s-step), ``ratio_trace``, ``rounds``, ``converged``,
+``set_changes`` (rounds whose selected set differs from the previous round's).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class TorchPenalty(Solver):
         w = w0.clone()
         prev, stable, converged, damping_used = None, 0, False, layer.damping_value()
         rho_trace, obj_trace, s_trace, ratio_trace = [], [], [], []
-        rounds = 0
+        rounds, set_changes = 0, 0
         for rounds in range(1, f.max_rounds + 1):
             pruned = s_step(omega * (w * w).sum(dim=0), f.sparsity, n)
             s_trace.append(penalized_value(w, w0, gram, omega, pruned, rho))
@@ -115,7 +116,9 @@ class TorchPenalty(Solver):
             total = float(torch.linalg.norm(w))
             ratio = float(torch.linalg.norm(w[:, pruned])) / total if total > 0 else 0.0
             ratio_trace.append(ratio)
-            stable = stable + 1 if prev is not None and torch.equal(prev, pruned) else 1
+            same = prev is not None and torch.equal(prev, pruned)
+            set_changes += int(prev is not None and not same)
+            stable = stable + 1 if same else 1
             prev = pruned
             if stable >= f.stable_rounds and ratio < f.eps:
                 converged = True
@@ -137,6 +140,6 @@ class TorchPenalty(Solver):
             stats={"rounds": rounds, "converged": converged, "damping_used": damping_used,
                    "final_rho": rho_trace[-1]},
             extras={"pruned": prev.to(torch.float64).cpu(), "rho_trace": rho_trace, "objective_trace": obj_trace,
-                    "s_step_trace": s_trace, "ratio_trace": ratio_trace, "rounds": rounds,
+                    "s_step_trace": s_trace, "ratio_trace": ratio_trace, "rounds": rounds, "set_changes": set_changes,
                     "converged": converged, "penalty_weight": f.penalty_weight},
         )
