@@ -372,6 +372,10 @@ def run(args) -> dict[str, Any]:
         del layers, block, rotary, x_mlp
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
+    import os
+
+    result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    result["finished"] = utc_now()
     return result
 
 
@@ -413,7 +417,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"* **Calibration:** {result['tokens']} random tokens per block (chunks of {result['seqlen']}), block dtype "
         f"{result['dtype']}, Gram accumulation {result['gram_dtype']}; solver dtype {result['solver_dtype']}.",
         f"* **Blocks:** {result['blocks']} (random weights N(0, 0.02), a fresh seed per block).",
-        f"* **Date:** {result['date']}; versions: "
+        f"* **Machine load:** 1-min load average {result['machine'].get('load_avg_1m')} at start, "
+        f"{result.get('load_avg_1m_end')} at the end ({result['machine'].get('cpu_affinity')} cores; other processes "
+        "share the machine, so CPU times include their contention).",
+        f"* **Date:** {result['date']} to {result.get('finished')}; versions: "
         + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
         f"* **Command:** `{result['command']}`",
         "",

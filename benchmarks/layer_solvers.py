@@ -252,8 +252,22 @@ def merge(paths: list, out: Path, json_out: str = "") -> dict:
     meta = dict(runs[0]["meta"])
     for key in ("command", "max_seconds", "load", "date", "tokens"):
         meta[key] = " ; ".join(str(r["meta"][key]) for r in runs)
-    rows = finalize([row for r in runs for row in r["rows"]])
+    best: dict = {}  # one row per (shape, solver, spec); a measured row wins over a skipped one
+    for row in (row for r in runs for row in r["rows"]):
+        key = (row["shape"], row["solver"], row["spec"])
+        if key not in best or (best[key]["status"] != "ok" and row["status"] == "ok"):
+            best[key] = row
+    order = {n: i for i, n in enumerate(c.__name__ for c in torch_solvers())}
+    size = lambda shape: int(shape.split("x")[0]) * int(shape.split("x")[1])  # noqa: E731
+    rows = finalize(sorted(best.values(), key=lambda r: (size(r["shape"]), order.get(r["solver"], 99),
+                                                         SPEC_NAMES.index(r["spec"]))))
     write_markdown(out, meta, rows)
+    names = [c.__name__ for c in torch_solvers()]
+    missing = {shape: [n for n in names if not any(r["solver"] == n and r["shape"] == shape for r in rows)]
+               for shape in dict.fromkeys(r["shape"] for r in rows)}
+    notes = [f"* {shape}: no entry (not reached before the run was stopped at the deadline, or no applicable spec): {', '.join(m)}" for shape, m in missing.items() if m]
+    if notes:
+        out.write_text(out.read_text() + "\n" + "\n".join(notes) + "\n")
     if json_out:
         Path(json_out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
     return {"meta": meta, "rows": rows}

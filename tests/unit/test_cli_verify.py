@@ -68,7 +68,7 @@ def failing_claims():
 
     yield
     for cid in ("C990", "C991", "C992"):
-        claims_mod._CLAIMS.pop(cid, None)
+        claims_mod.unregister_claim(cid)
 
 
 def test_failing_claims_give_nonzero_exit_and_messages(capsys, failing_claims):

@@ -84,6 +84,11 @@ def register_claim(claim_id: str, statement: str, *, tolerance: float, source: s
     return decorator
 
 
+def unregister_claim(claim_id: str) -> None:
+    """Remove a registered claim (for tests and examples that register temporary claims)."""
+    _CLAIMS.pop(claim_id, None)
+
+
 def register_report(report_id: str, description: str):
     """Decorator registering ``run(trials: int, seed: int) -> dict`` as a quantitative report."""
 
@@ -163,5 +168,5 @@ def assert_claim(claim_id: str, rng: np.random.Generator) -> float:
 
 __all__ = [
     "Claim", "ClaimResult", "Report", "all_claims", "all_reports", "assert_claim", "get_claim",
-    "register_claim", "register_report", "run_claim",
+    "register_claim", "register_report", "run_claim", "unregister_claim",
 ]
