@@ -29,7 +29,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
-import torch
 
 from ..errors import FormulationError
 from .base import Formulation, Guarantee, restoration_stationarity

@@ -23,7 +23,7 @@ import importlib
 import math
 import pkgutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
