@@ -140,9 +140,10 @@ def evaluate_targets(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     listed = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(times.items()) if v is not None)
     if f30 and f30.get("status") == "ok":
         t = f30["prune_time_s"]
-        add("structured<2min", f"structured pruning of the model under {STRUCTURED_TIME_TARGET_S:g} s "
+        cpu = f" (process CPU {f30['prune_cpu_s']:.0f} s)" if f30.get("prune_cpu_s") else ""
+        add("structured<2min", f"structured pruning of the model under {STRUCTURED_TIME_TARGET_S:g} s wall time "
             "(decided on FASP 30%; every structured run listed)", t < STRUCTURED_TIME_TARGET_S,
-            f"FASP 30%: {t:.1f} s; all structured runs: {listed}")
+            f"FASP 30%: {t:.1f} s{cpu}; all structured runs (wall): {listed}")
     else:
         add("structured<2min", f"structured pruning of the model under {STRUCTURED_TIME_TARGET_S:g} s", None,
             listed or "no structured run", [_rid("fasp", "channels30")])
@@ -163,7 +164,7 @@ def table_rows(runs: dict[str, dict[str, Any]], plan: list[str]) -> list[list[An
         if rec is None:
             method, _, setting = rid.partition("-")
             rows.append([method, setting.replace("2-4", "2:4") or "—", "not run", None, None, None, None, None, None,
-                         None, "not reached in this work (see 'Runs not done')"])
+                         None, None, "not reached in this work (see 'Runs not done')"])
             continue
         p = ppl(rec)
         pb, pa = rec.get("params_before") or {}, rec.get("params_after") or {}
@@ -190,13 +191,14 @@ def table_rows(runs: dict[str, dict[str, Any]], plan: list[str]) -> list[list[An
             rec.get("method"), rec.get("label") or rec.get("setting"), rec.get("status"),
             None if p is None else round(p, 3),
             None if (p is None or dense_ppl is None or rid == DENSE) else f"{p / dense_ppl:.2f}×",
-            None if rec.get("prune_time_s") is None else round(rec["prune_time_s"], 1),
+            None if rec.get("prune_time_s") is None else (
+                f"{rec['prune_time_s']:.1f}" + (f" (CPU {rec['prune_cpu_s']:.0f})" if rec.get("prune_cpu_s") else "")),
             _mib((rec.get("prune_memory") or {}).get("peak_mib")), params, nz, speed, mem if speed else None,
         ] + [note])
     return rows
 
 
-HEADERS = ["method", "setting", "status", "ppl", "vs dense", "prune s", "prune peak MiB", "params before → after",
+HEADERS = ["method", "setting", "status", "ppl", "vs dense", "prune wall s (CPU s)", "prune peak MiB", "params before → after",
            "nonzero block weights", "tokens/s dense → pruned (speedup)", "fwd mem MiB dense → pruned", "notes"]
 
 
@@ -319,6 +321,18 @@ def gpu_scale_section(path: Optional[Path]) -> list[str]:
     return lines
 
 
+def _invocations(out_dir: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Invocations recorded in _meta.json, after any listed by hand in _invocations_prior.json (sorted by start)."""
+    invs = list(meta.get("invocations") or [{"command": meta.get("command"), "started": meta.get("started")}])
+    prior = Path(out_dir) / "_invocations_prior.json"
+    if prior.exists():
+        try:
+            invs = json.loads(prior.read_text()) + invs
+        except json.JSONDecodeError:
+            pass
+    return sorted(invs, key=lambda i: str(i.get("started")))
+
+
 def _rel(path: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(REPO))
@@ -342,7 +356,8 @@ def write_report(out_dir: Path, md: Path, meta: dict[str, Any], plan: list[str],
         lines += ["> **SMOKE RUN** (tiny random model, byte tokenizer): checks the harness only; the numbers mean "
                   "nothing about the methods.", ""]
     lines += [
-        f"Generated {utc_now()} by `benchmarks/models.py` (runs started {meta.get('started')}"
+        f"Generated {utc_now()} by `benchmarks/models.py` (runs started "
+        f"{min([str(i.get('started')) for i in _invocations(out_dir, meta)] + [str(meta.get('started'))])}"
         + (f", finished {meta['finished']}" if meta.get("finished") else ", **still running or interrupted**") + ").",
         "",
         "## Protocol",
@@ -357,7 +372,8 @@ def write_report(out_dir: Path, md: Path, meta: dict[str, Any], plan: list[str],
         "channels (`attention=none`) for fasp, flap, spap, admm; `+attn` rows also prune attention "
         "(`Recipe.attention`: fasp `vo_channels`, the others `heads`). Uniform allocation, recipe defaults otherwise.",
         "* Pruning time: wall time of `prunekit.prune(model, recipe, calibration)` (calibration forward passes "
-        "included; loading and tokenization excluded). Peak memory: the process's RSS high-water mark during "
+        "included; loading and tokenization excluded), with the process CPU time beside it where recorded (the wall "
+        "time includes waiting for the CPU on this shared machine). Peak memory: the process's RSS high-water mark during "
         "`prune` (reset before it via /proc/self/clear_refs; includes the model), or max CUDA memory allocated.",
         f"* Speed: batch 1 × {proto.get('speed', {}).get('batch', [1, '?'])[1]} random tokens, forward without "
         "cache; median of timed forwards after warm-up, dense and pruned interleaved in the same process with the "
@@ -368,7 +384,14 @@ def write_report(out_dir: Path, md: Path, meta: dict[str, Any], plan: list[str],
          if meta.get("isolation", "process") == "process" else "* All runs in one process (`--isolation inline`)")
         + f"; per-run JSON in `{_rel(out_dir)}/` (incl. the per-layer report and any error with its traceback).",
         "",
-        f"Command: `{meta.get('command')}`",
+        "Commands that wrote these results (runs whose JSON already existed were skipped by each):",
+        "",
+        *[f"* `{inv.get('command')}` — started {inv.get('started')}"
+          + (f", finished {inv['finished']}" if inv.get("finished") else "")
+          + (f" ({inv['note']})" if inv.get("note") else "") for inv in _invocations(out_dir, meta)],
+        "",
+        "The whole matrix in one command (resumable; `--force` re-runs everything): "
+        "`nice -n 5 python benchmarks/models.py" + (" --smoke" if smoke else "") + "`.",
         "",
         f"Machine: {machine_line(machine)}. Shared machine: other processes were running, so times are noisy.",
         "",
@@ -384,8 +407,8 @@ def write_report(out_dir: Path, md: Path, meta: dict[str, Any], plan: list[str],
     if not_done or failed:
         lines += ["## Runs not done or failed", ""]
         for r in not_done:
-            lines.append(f"* `{r}`: not run — the benchmark had not reached it when this file was written "
-                         "(time budget of this work, or still running).")
+            lines.append(f"* `{r}`: not run — no result in `{_rel(out_dir)}/` when this file was written "
+                         "(not reached within the time budget of this work, or still running).")
         for k in failed:
             err = runs[k].get("error") or {}
             lines.append(f"* `{k}`: **{runs[k].get('status')}** in phase `{err.get('phase')}` — "

@@ -293,10 +293,12 @@ def worker(args, method: str, setting: str) -> dict[str, Any]:
             rec["calibration_shape"] = list(calib.shape)
             phase = "prune"
             with PeakMemory(args.device) as pm:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 result = prunekit.prune(model, recipe, calib, device=args.device, progress=False)
                 sync(args.device)
                 rec["prune_time_s"] = time.perf_counter() - t0
+                rec["prune_cpu_s"] = time.process_time() - c0  # CPU seconds of this process (all threads)
+            rec["load_avg_after_prune"] = [round(v, 2) for v in os.getloadavg()]
             rec["prune_memory"] = pm.to_dict()
             rec["report"] = _report_to_json(getattr(result, "report", None))
             phase = "perplexity"
@@ -383,6 +385,7 @@ def main(argv=None) -> int:
     meta = {"command": command_line(), "started": utc_now(), "protocol": protocol(args),
             "machine": machine_info(args.device), "versions": versions(),
             "planned": [run_id(m, s) for m, s in runs], "isolation": args.isolation}
+    meta = _merge_meta(out_dir, meta, record=not args.report_only)
     if not args.report_only:
         write_json(out_dir / "_meta.json", meta)
         for i, (method, setting) in enumerate(runs):
@@ -402,19 +405,48 @@ def main(argv=None) -> int:
             if not args.no_report:  # keep RESULTS.md current while a long benchmark runs
                 _write_report(args, out_dir, meta, plots=False)
         meta["finished"] = utc_now()
+        meta["invocations"][-1]["finished"] = meta["finished"]
         write_json(out_dir / "_meta.json", meta)
-    elif (out_dir / "_meta.json").exists():
-        meta = {**json.loads((out_dir / "_meta.json").read_text()), "report_command": command_line()}
+    else:
+        meta["report_command"] = command_line()
     path = _write_report(args, out_dir, meta)
     print(f"wrote {path}")
     return 0
+
+
+def _merge_meta(out_dir: Path, meta: dict[str, Any], record: bool) -> dict[str, Any]:
+    """Keep the history of invocations that wrote into ``out_dir`` (subset runs must not hide earlier ones)."""
+    path = out_dir / "_meta.json"
+    prev: dict[str, Any] = {}
+    if path.exists():
+        try:
+            prev = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            prev = {}
+    history = list(prev.get("invocations") or ([{"command": prev["command"], "started": prev.get("started"),
+                                                  "finished": prev.get("finished"), "runs": prev.get("planned")}]
+                                                if prev.get("command") else []))
+    if record:
+        history.append({"command": meta["command"], "started": meta["started"], "runs": meta["planned"]})
+    if prev.get("started"):
+        meta["started"] = min(prev["started"], meta["started"])
+    if not record:  # --report-only: describe the runs, not the moment the report was rebuilt
+        for key in ("finished", "machine", "versions", "isolation"):
+            if prev.get(key):
+                meta[key] = prev[key]
+    if prev.get("protocol") and prev["protocol"] != meta["protocol"]:
+        meta["protocol_mismatch"] = {"previous": prev["protocol"], "now": meta["protocol"]}
+    meta["invocations"] = history
+    return meta
 
 
 def _write_report(args, out_dir: Path, meta: dict[str, Any], plots: bool = True) -> Path:
     from _report import write_report
 
     md = Path(args.md) if args.md else (out_dir / "RESULTS.md" if args.smoke else REPO / "benchmarks" / "RESULTS.md")
-    return write_report(out_dir, md, meta, plan=[run_id(m, s) for m, s in plan_runs(args.methods, args.settings)],
+    # The standard benchmark always reports against the full matrix, so that runs not done stay visible.
+    plan = plan_runs(args.methods, args.settings) if args.smoke else plan_runs(None, None)
+    return write_report(out_dir, md, meta, plan=[run_id(m, s) for m, s in plan],
                         gpu_scale_json=Path(args.gpu_scale_json) if args.gpu_scale_json else None,
                         plots=plots and not args.no_plots)
 

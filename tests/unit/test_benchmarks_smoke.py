@@ -101,7 +101,7 @@ def test_models_smoke_inline_and_resume(tmp_path, capsys):
     assert mag["params_after"]["block_linear_nonzero"] <= 0.51 * mag["params_before"]["block_linear"]
     text = md.read_text()
     for needle in ("SMOKE RUN", "## Protocol", "## Results", "## Targets", "| fasp |", "Machine:", "Versions:",
-                   "Command:", "MET", "NOT RUN", "Not run on a GPU"):
+                   "Commands that wrote", "MET", "NOT RUN", "Not run on a GPU"):
         assert needle in text, needle
     targets = json.loads((out / "_targets.json").read_text())
     assert {t["status"] for t in targets} <= {"MET", "MISSED", "NOT RUN"}
