@@ -105,6 +105,10 @@ def evaluate_targets(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for setting, label in (("unstructured50", "50%"), ("2:4", "2:4")):
         cmp_le(f"mrp<=sparsegpt@{setting}", "mrp", "sparsegpt", setting, f"MRP ppl <= SparseGPT ppl at {label}")
         cmp_le(f"fista<=sparsegpt@{setting}", "fista", "sparsegpt", setting, f"FISTA ppl <= SparseGPT ppl at {label}")
+        for variant, what in (("fista_refit", "refit=True"), ("fista_fraction", "lambda_init='fraction'")):
+            if _rid(variant, setting) in runs:  # informational rows: FISTA variants with [derived] options
+                cmp_le(f"{variant}<=sparsegpt@{setting}", variant, "sparsegpt", setting,
+                       f"(variant) FISTA with {what} ppl <= SparseGPT ppl at {label}")
         cmp_le(f"sparsegpt<=wanda@{setting}", "sparsegpt", "wanda", setting, f"SparseGPT ppl <= Wanda ppl at {label}")
         w, m = ppl(runs.get(_rid("wanda", setting))), ppl(runs.get(_rid("magnitude", setting)))
         missing = [n for n, p in ((_rid("wanda", setting), w), (_rid("magnitude", setting), m)) if p is None]
@@ -185,8 +189,17 @@ def table_rows(runs: dict[str, dict[str, Any]], plan: list[str]) -> list[list[An
         if rec.get("status") != "ok":
             err = rec.get("error") or {}
             note = f"**{rec.get('status')}** in {err.get('phase')}: {err.get('type')}: {str(err.get('message'))[:160]}"
-        elif rec.get("recipe", {}).get("attention", "none") != "none":
-            note = f"attention={rec['recipe']['attention']}"
+        else:
+            recipe = rec.get("recipe") or {}
+            notes = []
+            if recipe.get("attention", "none") != "none":
+                notes.append(f"attention={recipe['attention']}")
+            if recipe.get("method_options"):
+                notes.append(f"{recipe.get('method')} with " + ", ".join(
+                    f"{k}={v!r}" for k, v in recipe["method_options"].items()))
+            if rec.get("table_note"):
+                notes.append(rec["table_note"])
+            note = "; ".join(notes)
         rows.append([
             rec.get("method"), rec.get("label") or rec.get("setting"), rec.get("status"),
             None if p is None else round(p, 3),
@@ -317,7 +330,31 @@ def gpu_scale_section(path: Optional[Path]) -> list[str]:
                   f"{data.get('tokens')} calibration tokens: a functional check of the script at reduced size, "
                   "not a LLaMA-7B measurement. Results: `benchmarks/GPU_SCALE.md`.", ""]
     else:
-        lines += [f"Run on {data['machine'].get('gpu')} — see `benchmarks/GPU_SCALE.md`.", ""]
+        from gpu_scale import summarize  # benchmarks/ is on sys.path (the harness's own folder)
+
+        d = data["dims"]
+        cmds = data.get("commands") or [data.get("command")]
+        lines += [
+            f"Device: **{data['machine'].get('gpu')}** ({data['machine'].get('gpu_memory_gib')} GiB, CUDA "
+            f"{data['machine'].get('cuda')}; torch {data['versions'].get('torch')}). Random-weight LLaMA-7B blocks "
+            f"(hidden {d['hidden']}, MLP {d['mlp']}, {d['heads']} heads, {d['kv_heads']} KV heads), "
+            f"{data['tokens']} calibration tokens per block, block dtype {data['dtype']}, Grams "
+            f"{data['gram_dtype']}, solver dtype {data['solver_dtype']}; up to {data['blocks']} blocks, one after "
+            "the other. Time = sum of `prunekit.solve` wall time over the block's modules; memory = "
+            "`torch.cuda.max_memory_allocated` during the block's solves (block weights and all 7 Grams included). "
+            "The fast solvers ran on all 4 blocks; the slow ones on block 0 only (the session's 30 minutes of "
+            "device time). Full table, per-module times and the exact commands (resumed runs): "
+            "`benchmarks/GPU_SCALE.md` / `.json`.",
+            "",
+        ]
+        rows = []
+        for r in sorted(summarize(data), key=lambda r: (r["setting"], r["mean_block_s"])):
+            rows.append([r["formulation"], r["setting"], len(r["times"]), round(r["mean_block_s"], 2),
+                         round(r["max_block_s"], 2), round(r["peak_mib"] / 1024, 2), r["status"]])
+        lines += [md_table(["formulation", "setting", "blocks", "mean s / block", "max s / block",
+                            "peak GiB", "status"], rows), ""]
+        lines += [f"Commands ({len(cmds)} calls, each resuming the JSON of the last): "
+                  + "; ".join(f"`{c}`" for c in cmds), ""]
     return lines
 
 
@@ -368,9 +405,12 @@ def write_report(out_dir: Path, md: Path, meta: dict[str, Any], plan: list[str],
         f"* Perplexity: {'all' if ev.get('windows') is None else 'the first ' + str(ev.get('windows'))} "
         f"non-overlapping windows × {ev.get('seqlen')} tokens of {ev.get('source')}; exp(mean window loss) "
         "(`prunekit.evaluate.perplexity`, methods.md §2). seqlen is stored with every number in the JSON.",
-        "* Settings: 50% unstructured and 2:4 for magnitude, wanda, sparsegpt, mrp, fista; 20% and 30% of the MLP "
-        "channels (`attention=none`) for fasp, flap, spap, admm; `+attn` rows also prune attention "
-        "(`Recipe.attention`: fasp `vo_channels`, the others `heads`). Uniform allocation, recipe defaults otherwise.",
+        "* Settings: 50% unstructured and 2:4 for magnitude, wanda, sparsegpt, mrp, fista (and two FISTA variants: "
+        "`fista_refit` = `refit=True`, `fista_fraction` = `lambda_init='fraction'`, both [derived] options of "
+        "`L1Relaxation`); 20% and 30% of the MLP channels (`attention=none`) for fasp, flap, spap, admm; `+attn` "
+        "rows also prune attention channels at the same ratio (`Recipe.attention='vo_channels'`: rows of W_V with the "
+        "matching columns of W_O, FASP's scheme, for every method; whole heads are not used because this model's 3 KV "
+        "groups leave none removable at 20-30%). Uniform allocation, recipe defaults otherwise.",
         "* Pruning time: wall time of `prunekit.prune(model, recipe, calibration)` (calibration forward passes "
         "included; loading and tokenization excluded), with the process CPU time beside it where recorded (the wall "
         "time includes waiting for the CPU on this shared machine). Peak memory: the process's RSS high-water mark during "

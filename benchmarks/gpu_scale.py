@@ -203,7 +203,7 @@ def _sparsellm(ftype: type, block, x, setting: str, dims):
     return ftype.llama(gate, up, down, x, spec, structured=setting.startswith("channels"))
 
 
-def _glu_recovery(ftype: type, block, x, setting: str, dims):
+def _glu_recovery(ftype: type, block, x, setting: str, dims, iterations: int = 5):
     """SPAP's GLU recovery after removing 30% of the neurons (kept = largest FASP-like column scores)."""
     if not setting.startswith("channels"):
         raise ValueError("GLURecovery recovers a channel-pruned MLP: channels settings only")
@@ -214,7 +214,7 @@ def _glu_recovery(ftype: type, block, x, setting: str, dims):
     score = down.abs().sum(dim=0) * z.norm(dim=0)
     keep = down.shape[1] - int(0.3 * down.shape[1])
     kept = torch.sort(torch.topk(score, keep).indices).values
-    return ftype.from_block(x, gate, up, down, kept)
+    return ftype.from_block(x, gate, up, down, kept, iterations=iterations)
 
 
 # Formulations stated on a whole MLP block (need the block's inputs X, not a single Gram): built from the first
@@ -228,17 +228,28 @@ NOT_LAYER_PROBLEMS = {"LayerAllocation": "allocates sparsity across layers; not 
 
 
 def torch_solvers(only: Optional[list[str]] = None) -> list[type]:
-    """Registered torch solver classes (optionally filtered by formulation type or solver class name)."""
+    """Registered torch solver classes, optionally filtered by formulation type or solver class name.
+
+    With ``only`` the solvers run in the order given there (cheap ones first keeps a deadline-limited run useful).
+    """
     from prunekit.solvers.registry import registered
 
     out = [cls for cls in registered() if cls.backend == "torch"]
     if only:
-        wanted = {s.lower() for s in only}
-        out = [c for c in out if c.formulation_type.__name__.lower() in wanted or c.__name__.lower() in wanted]
+        rank = {s.lower(): i for i, s in enumerate(only)}
+
+        def position(c):
+            return min(rank.get(c.formulation_type.__name__.lower(), len(rank)), rank.get(c.__name__.lower(), len(rank)))
+
+        out = sorted((c for c in out if position(c) < len(rank)), key=position)
+        missing = set(rank) - {c.formulation_type.__name__.lower() for c in out} - {c.__name__.lower() for c in out}
+        if missing:
+            raise SystemExit(f"--solvers: no registered torch solver matches {sorted(missing)}")
     return out
 
 
-def build(solver_cls: type, setting: str, module: str, layer, dims, block=None, x_mlp=None) -> tuple[Any, Optional[str]]:
+def build(solver_cls: type, setting: str, module: str, layer, dims, block=None, x_mlp=None,
+          glu_iterations: int = 5) -> tuple[Any, Optional[str]]:
     """(formulation, None) or (None, reason it does not apply)."""
     ftype = solver_cls.formulation_type
     if ftype.__name__ in NOT_LAYER_PROBLEMS:
@@ -247,7 +258,9 @@ def build(solver_cls: type, setting: str, module: str, layer, dims, block=None, 
         if ftype.__name__ in BLOCK_BUILDERS:
             if x_mlp is None:
                 return None, "block-level formulation: needs --mlp-tokens > 0"
-            formulation = BLOCK_BUILDERS[ftype.__name__](ftype, block, x_mlp, setting, dims)
+            builder = BLOCK_BUILDERS[ftype.__name__]
+            formulation = (builder(ftype, block, x_mlp, setting, dims, glu_iterations)
+                           if builder is _glu_recovery else builder(ftype, block, x_mlp, setting, dims))
         else:
             spec = spec_for(setting, module, dims)
             if spec is None:
@@ -262,7 +275,17 @@ def build(solver_cls: type, setting: str, module: str, layer, dims, block=None, 
 
 
 # ----------------------------------------------------------------------------------------------- run
-def run(args) -> dict[str, Any]:
+def _entry_key(entry: dict[str, Any]) -> tuple:
+    return (entry["block"], entry["solver"], entry["setting"])
+
+
+def run(args, checkpoint: Callable[[dict[str, Any]], None] = lambda result: None) -> dict[str, Any]:
+    """Run the benchmark; ``checkpoint(result)`` is called after every (solver, setting) entry.
+
+    ``args.deadline_s`` > 0: no entry starts after that many seconds (the rest is listed under ``not_run``), so a
+    run under a wall-clock limit ends with its results written.  ``args.resume``: a previous JSON of the same
+    configuration; its entries are kept and not re-run.
+    """
     import torch
 
     import prunekit
@@ -297,17 +320,45 @@ def run(args) -> dict[str, Any]:
         "mlp_tokens": args.mlp_tokens,
         "solvers": [f"{c.__module__}.{c.__name__} ({c.formulation_type.__name__})" for c in solvers],
         "settings": settings,
+        "glu_iterations": args.glu_iterations,
+        "deadline_s": args.deadline_s,
         "calibration": [],
         "runs": [],
         "skipped": [],
+        "not_run": [],
     }
+    if args.resume:
+        import json
+
+        previous = json.loads(Path(args.resume).read_text())
+        for key in ("device", "scale", "dtype", "gram_dtype", "tokens", "seqlen", "solver_dtype", "mlp_tokens",
+                    "glu_iterations"):
+            if previous.get(key) != result[key]:
+                raise SystemExit(f"--resume {args.resume}: {key} differs ({previous.get(key)!r} there, "
+                                 f"{result[key]!r} here); resume only a run of the same configuration.")
+        result["commands"] = previous.get("commands", [previous["command"]]) + [result["command"]]
+        result["date"] = previous["date"]
+        result["machine_previous"] = previous.get("machine")
+        result["runs"] = previous["runs"]
+        result["calibration"] = previous["calibration"]
+        result["skipped"] = previous.get("skipped", [])
+    done = {_entry_key(e) for e in result["runs"]}
+    t_start = time.perf_counter()
     skipped: dict[tuple, list] = {}
     for b in range(args.blocks):
+        todo = [(c, s) for c in solvers for s in settings if (b, c.__name__, s) not in done]
+        if not todo:
+            continue
+        if args.deadline_s and time.perf_counter() - t_start > args.deadline_s:
+            result["not_run"] += [{"block": b, "solver": c.__name__, "setting": s, "reason": "deadline"}
+                                  for c, s in todo]
+            continue
         block, rotary = build_block(dims, dtype, device, seed=args.seed + b)
         with PeakMemory(device) as pm:
             accs, x_mlp, t_cal = calibrate(block, rotary, dims, tokens=args.tokens, seqlen=args.seqlen,
                                            device=device, dtype=dtype, gram_dtype=gram_dtype,
                                            seed=args.seed + 1000 + b, mlp_tokens=args.mlp_tokens)
+        result["calibration"] = [c for c in result["calibration"] if c["block"] != b]
         result["calibration"].append({"block": b, "time_s": round(t_cal, 3), "memory": pm.to_dict()})
         modules = dict(block.named_modules())
         layers = {}
@@ -317,13 +368,20 @@ def run(args) -> dict[str, Any]:
         del accs
         for solver_cls in solvers:
             for setting in settings:
+                if (b, solver_cls.__name__, setting) in done:
+                    continue
+                if args.deadline_s and time.perf_counter() - t_start > args.deadline_s:
+                    result["not_run"].append({"block": b, "solver": solver_cls.__name__, "setting": setting,
+                                              "reason": "deadline"})
+                    continue
                 entry = {"block": b, "solver": solver_cls.__name__,
                          "formulation": solver_cls.formulation_type.__name__, "setting": setting,
                          "modules": {}, "status": "ok"}
                 built = []
                 block_level = solver_cls.formulation_type.__name__ in BLOCK_BUILDERS
                 for name in (("mlp",) if block_level else MODULES):
-                    formulation, why = build(solver_cls, setting, name, layers.get(name), dims, block, x_mlp)
+                    formulation, why = build(solver_cls, setting, name, layers.get(name), dims, block, x_mlp,
+                                             args.glu_iterations)
                     if formulation is None:
                         if why != "setting does not apply to this module" and b == 0:
                             skipped.setdefault((solver_cls.__name__, setting, why), []).append(name)
@@ -363,10 +421,11 @@ def run(args) -> dict[str, Any]:
                 entry["block_time_s"] = round(total, 4)
                 entry["memory"] = pm.to_dict()
                 result["runs"].append(entry)
+                checkpoint(result)
                 if args.verbose:
                     print(f"block {b} {entry['formulation']:<28} {setting:<15} {total:8.3f} s  "
                           f"peak {entry['memory']['peak_mib']:.0f} MiB  {entry['status']}", flush=True)
-        if b == 0:
+        if b == 0 and skipped:
             result["skipped"] = [{"solver": k[0], "setting": k[1], "reason": k[2], "modules": v}
                                  for k, v in skipped.items()]
         del layers, block, rotary, x_mlp
@@ -422,7 +481,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         "share the machine, so CPU times include their contention).",
         f"* **Date:** {result['date']} to {result.get('finished')}; versions: "
         + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".",
-        f"* **Command:** `{result['command']}`",
+        (f"* **Command:** `{result['command']}`" if not result.get("commands") else
+         "* **Commands** (one run resumed with `--resume`; entries of earlier calls kept): "
+         + "; ".join(f"`{c}`" for c in result["commands"])),
         "",
     ]
     if not dev.startswith("cuda"):
@@ -432,17 +493,22 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += [
         "Time = the sum over the block's modules of `prunekit.solve(...)` wall time (setting `channels30` solves "
         "only o_proj (whole heads) and down_proj; block-level formulations (SparseLLMSplit, GLURecovery) solve the "
-        f"whole MLP on the first {result['mlp_tokens']} calibration tokens); memory = peak over the block's solves, "
-        f"including the block weights and the Gram matrices held for all 7 modules. {mem_label}.",
+        f"whole MLP on the first {result['mlp_tokens']} calibration tokens; GLURecovery runs "
+        f"{result.get('glu_iterations', 5)} alternation(s)); memory = peak over the block's solves, "
+        f"including the block weights and the Gram matrices held for all 7 modules. {mem_label}. Relative error = "
+        "objective / dense output energy of each module (per-module rows: on the block's Gram; block-level rows: in "
+        f"sample, on the same {result['mlp_tokens']} tokens they were fitted to -- where the MLP keeps more neurons "
+        "than there are tokens it can interpolate them, so those errors are not comparable with the others).",
         "",
     ]
     rows = []
     for s in sorted(summarize(result), key=lambda r: (r["setting"], r["formulation"])):
-        rows.append([s["formulation"], s["solver"], s["setting"], s["modules"], round(s["mean_block_s"], 3),
+        rows.append([s["formulation"], s["solver"], s["setting"], len(s["times"]), s["modules"],
+                     round(s["mean_block_s"], 3),
                      round(s["max_block_s"], 3), round(s["peak_mib"], 1),
                      None if s["mean_rel_error"] is None else f"{s['mean_rel_error']:.3e}",
                      s["status"] if not s["errors"] else "error: " + "; ".join(s["errors"])[:200]])
-    lines.append(md_table(["formulation", "solver", "setting", "modules/block", "mean block s", "max block s",
+    lines.append(md_table(["formulation", "solver", "setting", "blocks", "modules/block", "mean block s", "max block s",
                            "peak MiB", "mean rel. error", "status"], rows))
     lines += ["", "Calibration per block: " + ", ".join(
         f"block {c['block']}: {c['time_s']} s, peak {c['memory']['peak_mib']} MiB" for c in result["calibration"])]
@@ -451,6 +517,13 @@ def to_markdown(result: dict[str, Any]) -> str:
         for s in result["skipped"]:
             mods = "all modules" if len(s["modules"]) == len(MODULES) else ", ".join(s["modules"])
             lines.append(f"* {s['solver']} / {s['setting']} ({mods}): {s['reason']}")
+    if result.get("not_run"):
+        by_entry: dict[tuple, list] = {}
+        for n in result["not_run"]:
+            by_entry.setdefault((n["solver"], n["setting"], n["reason"]), []).append(n["block"])
+        lines += ["", f"Not run (the `--deadline-s {result.get('deadline_s')}` wall-clock budget was spent first; "
+                  "settings a solver would decline are listed too):", ""]
+        lines += [f"* {k[0]} / {k[1]}: blocks {', '.join(map(str, v))} ({k[2]})" for k, v in by_entry.items()]
     if not result["runs"]:
         lines += ["", "No torch solver was registered or applicable; nothing was timed."]
     return "\n".join(lines) + "\n"
@@ -471,22 +544,38 @@ def parse_args(argv=None):
     p.add_argument("--solver-dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--solvers", nargs="*", help="formulation types or solver classes to run (default: all torch)")
     p.add_argument("--settings", nargs="*", choices=SETTINGS, help=f"default: all of {SETTINGS}")
+    p.add_argument("--glu-iterations", type=int, default=5, help="GLURecovery alternations (default 5)")
+    p.add_argument("--deadline-s", type=float, default=0.0,
+                   help="start no new entry after this many seconds; the rest is reported as not run (0 = none)")
+    p.add_argument("--resume", help="JSON of an earlier run of the same configuration: keep its entries, run the rest")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "GPU_SCALE.md"), help="markdown output")
     p.add_argument("--json", action="store_true", help="also write the JSON next to --out (.json)")
+    p.add_argument("--report-only", metavar="JSON", help="rebuild the markdown (--out) from a result JSON; run nothing")
     p.add_argument("--quiet", dest="verbose", action="store_false")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    result = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(to_markdown(result))
-    if args.json:
-        write_json(out.with_suffix(".json"), result)
+    if args.report_only:
+        import json
+
+        out.write_text(to_markdown(json.loads(Path(args.report_only).read_text())))
+        return 0
+
+    def write(result: dict[str, Any]) -> None:  # after every entry, so a killed run keeps what it measured
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(to_markdown(result))
+        tmp.replace(out)
+        if args.json:
+            write_json(out.with_suffix(".json"), result)
+
+    result = run(args, checkpoint=write)
+    write(result)
     if args.verbose:
         print(f"wrote {out}" + (f" and {out.with_suffix('.json')}" if args.json else ""))
     return 0

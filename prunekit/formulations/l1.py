@@ -1,13 +1,15 @@
 """FISTAPruner's l1 relaxation of layer-wise pruning (methods.md §5).
 
-Derived parts [derived, not from the paper]: the default initial ``lam`` (``1e-2 * lambda_max``), the
+Derived parts [derived, not from the paper]: the initial ``lam`` (the paper does not give it:
+``lambda_init="kkt"`` -- the default -- or ``"fraction"``, see :meth:`L1Relaxation.initial_lambda`), the
 definitions of ``E_round``/``E_total``, the bisection bracket (start ``[0, inf)``, doubling while unbounded),
-the per-row form of the early-stopping rule, the projected warm start as the initial incumbent ``W_best``, and
-the fallbacks of the warm start.
+the per-row form of the early-stopping rule, the projected warm start as the initial incumbent ``W_best``, the
+fallbacks of the warm start, and the optional least-squares ``refit`` of the final support.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Mapping, Optional
 
@@ -19,6 +21,7 @@ from .form import ProblemForm
 from .sparsity import NM, SparsitySpec, Unstructured
 
 WARM_STARTS = ("wanda", "sparsegpt", "dense", "magnitude")
+LAMBDA_INITS = ("kkt", "fraction")
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,7 +51,19 @@ class L1Relaxation(Formulation):
     ----------
     sparsity : Unstructured or NM
     lam : float, optional
-        λ >= 0 (initial λ of the adaptive loop); default [derived] ``1e-2 * lambda_max()``.
+        λ >= 0 (initial λ of the adaptive loop); default from ``lambda_init``.
+    lambda_init : {"kkt", "fraction"}
+        [derived] Rule for the initial λ when ``lam`` is None. ``"kkt"`` (default): the median of
+        ``|∇f(W_p)_ij|`` over the entries that the projected warm start ``W_p`` prunes -- the λ at which half of
+        those zeros satisfy the lasso's optimality condition ``|∇f_ij| <= λ`` -- so the l1 term is on the scale of
+        the gradients that decide the support.  ``"fraction"``: ``1e-2 * lambda_max()`` (this package's earlier
+        default).  On smollm2-135m layers, ``"fraction"`` started 2-4 orders of magnitude too high: three
+        halvings never got the projected iterate below the warm start's error, so FISTAPruner returned its warm
+        start unchanged (benchmarks/RESULTS.md).
+    refit : bool
+        [derived, not in FISTAPruner] After the outer loop, replace the kept weights by the exact least-squares
+        optimum on the chosen support, ``W_S = C_S (G*_SS + δI)^{-1}`` per row (the "relaxed lasso" debiasing
+        step; δ = the layer's damping); kept only if it lowers ``E_total``.
     adaptive : bool
     K, T : int
         FISTA steps per round, outer rounds (paper: 20, 3).
@@ -72,6 +87,8 @@ class L1Relaxation(Formulation):
     warm_start: Literal["wanda", "sparsegpt", "dense", "magnitude"] = "wanda"
     threshold_group: Optional[Literal["row", "layer"]] = None
     project: bool = True
+    lambda_init: Literal["kkt", "fraction"] = "kkt"
+    refit: bool = False
 
     guarantee: ClassVar[Guarantee] = Guarantee.HEURISTIC
     paper: ClassVar[str] = "FISTAPruner (Zhao et al., arXiv 2408.03728, EMNLP 2025)"
@@ -104,6 +121,13 @@ class L1Relaxation(Formulation):
                 f"threshold_group={self.threshold_group!r} disagrees with the spec ({self.sparsity.describe()}). "
                 f"Fix: use Unstructured(ratio, scope={self.threshold_group!r}) (N:M thresholds per row)."
             )
+        if self.lambda_init not in LAMBDA_INITS:
+            raise FormulationError(f"lambda_init must be one of {LAMBDA_INITS}, got {self.lambda_init!r}.")
+        if not isinstance(self.refit, bool):
+            raise FormulationError(f"refit must be True or False, got {self.refit!r}.")
+        if self.refit and not self.project:
+            raise FormulationError("refit re-solves the least squares on the projected support; it needs "
+                                   "project=True. Fix: refit=False for the pure lasso.")
         if self.adaptive and not self.project:
             raise FormulationError("adaptive lambda needs the projection (project=True). Fix: adaptive=False.")
         if not self.project and self.lam is None:
@@ -144,8 +168,24 @@ class L1Relaxation(Formulation):
         """max_ij |C_ij|: W* = 0 is the lasso optimum iff lam >= this (C11)."""
         return float(self.cross().abs().max())
 
-    def initial_lambda(self) -> float:
-        return float(self.lam) if self.lam is not None else 1e-2 * self.lambda_max()
+    def initial_lambda(self, projected_warm: Optional[torch.Tensor] = None) -> float:
+        """The first λ: ``lam`` if given; else by ``lambda_init`` [derived].
+
+        ``"kkt"`` needs the projected warm start ``W_p`` (m, n): ``median |(W_p G* - C)_ij|`` over ``W_p == 0``
+        (falls back to ``"fraction"`` without ``W_p``, without pruned entries, or when that median is 0).
+        ``"fraction"``: ``1e-2 * max_ij |C_ij|``.
+        """
+        if self.lam is not None:
+            return float(self.lam)
+        fraction = 1e-2 * self.lambda_max()
+        if self.lambda_init == "fraction" or projected_warm is None:
+            return fraction
+        w = projected_warm.detach().double().to(self.layer.weight.device)
+        pruned = w == 0
+        if not bool(pruned.any()):
+            return fraction
+        value = float(self.grad(w)[pruned].abs().median())
+        return value if value > 0 and math.isfinite(value) else fraction
 
     def lasso_objective(self, weights: torch.Tensor, lam: Optional[float] = None) -> float:
         lam = self.initial_lambda() if lam is None else lam
@@ -211,4 +251,4 @@ class L1Relaxation(Formulation):
         return cls(layer, spec, warm_start="magnitude")
 
 
-__all__ = ["L1Relaxation", "WARM_STARTS"]
+__all__ = ["L1Relaxation", "LAMBDA_INITS", "WARM_STARTS"]

@@ -19,10 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..errors import FormulationError
 from .base import Formulation, Guarantee
 from .form import ProblemForm
-from .sparsity import NM, SparsitySpec, Unstructured
+from .sparsity import NM, SparsitySpec, Unstructured, coerce_sparsity, require_sparsity
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,13 +34,11 @@ class MagnitudePruning(Formulation):
     paper: ClassVar[str] = "magnitude baseline, locuslab/wanda prune_magnitude (methods.md §8.1)"
 
     def __post_init__(self) -> None:
-        if isinstance(self.sparsity, (int, float)) and not isinstance(self.sparsity, bool):
-            object.__setattr__(self, "sparsity", Unstructured(float(self.sparsity), scope="layer"))
+        object.__setattr__(self, "sparsity", coerce_sparsity(self.sparsity, "layer"))
         super().__post_init__()
 
     def validate(self) -> None:
-        if self.sparsity is None:
-            raise FormulationError("MagnitudePruning needs a sparsity spec or ratio. Fix: e.g. sparsity=0.5 or NM(2, 4).")
+        require_sparsity("MagnitudePruning", self.sparsity)
         super().validate()
 
     def _form(self) -> ProblemForm:

@@ -36,7 +36,7 @@ from typing import ClassVar, Optional
 from ..errors import FormulationError
 from .base import Formulation, Guarantee
 from .form import ProblemForm
-from .sparsity import NM, SparsitySpec, Unstructured
+from .sparsity import NM, SparsitySpec, Unstructured, coerce_sparsity, require_sparsity
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,13 +62,11 @@ class SparseGPTPruning(Formulation):
     paper: ClassVar[str] = "Frantar & Alistarh, SparseGPT, ICML 2023, arXiv 2301.00774 (methods.md §8.3)"
 
     def __post_init__(self) -> None:
-        if isinstance(self.sparsity, (int, float)) and not isinstance(self.sparsity, bool):
-            object.__setattr__(self, "sparsity", Unstructured(float(self.sparsity), scope="layer"))
+        object.__setattr__(self, "sparsity", coerce_sparsity(self.sparsity, "layer"))
         super().__post_init__()
 
     def validate(self) -> None:
-        if self.sparsity is None:
-            raise FormulationError("SparseGPTPruning needs a sparsity spec or ratio. Fix: e.g. sparsity=0.5 or NM(2, 4).")
+        require_sparsity("SparseGPTPruning", self.sparsity)
         super().validate()
         if self.layer.has_error_correction:
             raise FormulationError(

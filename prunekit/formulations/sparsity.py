@@ -29,7 +29,7 @@ from typing import Literal, Optional
 
 import torch
 
-from ..errors import ShapeError, SparsityError
+from ..errors import FormulationError, ShapeError, SparsityError
 
 
 def _check_ratio(ratio) -> float:
@@ -314,3 +314,20 @@ class Channels(SparsitySpec):
     def describe(self) -> str:
         what = f"ratio={self.ratio}" if self.ratio is not None else f"count={self.count}"
         return f"channels({what}, group_size={self.group_size}{', explicit groups' if self.groups else ''})"
+
+
+def coerce_sparsity(value, scope: Literal["row", "layer"]):
+    """A bare ratio ``r`` becomes ``Unstructured(r, scope=scope)``; a spec (or None) is returned unchanged.
+
+    The baselines accept ``sparsity=0.5`` as shorthand; each states its natural scope (Wanda: row, magnitude and
+    SparseGPT: layer).
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Unstructured(float(value), scope=scope)
+    return value
+
+
+def require_sparsity(owner: str, value) -> None:
+    """Raise the one error for a formulation built without a sparsity spec or ratio."""
+    if value is None:
+        raise FormulationError(f"{owner} needs a sparsity spec or ratio. Fix: e.g. sparsity=0.5 or NM(2, 4).")

@@ -30,7 +30,7 @@ from typing import ClassVar
 from ..errors import FormulationError
 from .base import Formulation, Guarantee
 from .form import ProblemForm
-from .sparsity import NM, SparsitySpec, Unstructured
+from .sparsity import NM, SparsitySpec, Unstructured, coerce_sparsity, require_sparsity
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,14 +44,11 @@ class WandaPruning(Formulation):
     paper: ClassVar[str] = "Sun et al., Wanda, arXiv 2306.11695 (methods.md §8.2)"
 
     def __post_init__(self) -> None:
-        if isinstance(self.sparsity, (int, float)) and not isinstance(self.sparsity, bool):
-            scope = "layer" if self.variant else "row"
-            object.__setattr__(self, "sparsity", Unstructured(float(self.sparsity), scope=scope))
+        object.__setattr__(self, "sparsity", coerce_sparsity(self.sparsity, "layer" if self.variant else "row"))
         super().__post_init__()
 
     def validate(self) -> None:
-        if self.sparsity is None:
-            raise FormulationError("WandaPruning needs a sparsity spec or ratio. Fix: e.g. sparsity=0.5 or NM(2, 4).")
+        require_sparsity("WandaPruning", self.sparsity)
         super().validate()
         if not isinstance(self.variant, bool):
             raise FormulationError(f"variant must be a bool, got {self.variant!r}.")

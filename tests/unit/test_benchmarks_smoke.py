@@ -53,6 +53,32 @@ def test_gpu_scale_tiny_cpu(tmp_path):
     assert "REDUCED SIZE" in md and "Not run on a GPU" in md and "| formulation |" in md
 
 
+def test_gpu_scale_deadline_then_resume(tmp_path):
+    """A run past its --deadline-s lists the rest as not run; --resume keeps earlier entries and runs the rest."""
+    gpu_scale = _load("gpu_scale")
+    out = tmp_path / "G.md"
+    base = ["--device", "cpu", "--scale", "0.015625", "--tokens", "128", "--seqlen", "64", "--out", str(out),
+            "--json", "--quiet", "--solvers", "WandaPruning", "MagnitudePruning", "--settings", "unstructured50"]
+    assert gpu_scale.main(base + ["--blocks", "1"]) == 0
+    first = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["block"], r["solver"]) for r in first["runs"]] == [(0, "TorchWanda"), (0, "TorchMagnitude")]  # --solvers order
+    assert gpu_scale.main(base + ["--blocks", "2", "--deadline-s", "1e-9", "--resume", str(out.with_suffix(".json"))]) == 0
+    cut = json.loads(out.with_suffix(".json").read_text())
+    assert cut["runs"] == first["runs"]  # kept, not re-run
+    assert {(n["block"], n["solver"]) for n in cut["not_run"]} == {(1, "TorchWanda"), (1, "TorchMagnitude")}
+    assert "Not run (the `--deadline-s" in out.read_text()
+    assert gpu_scale.main(base + ["--blocks", "2", "--resume", str(out.with_suffix(".json"))]) == 0
+    done = json.loads(out.with_suffix(".json").read_text())
+    assert len(done["runs"]) == 4 and not done["not_run"] and len(done["commands"]) == 3
+    md = out.read_text()
+    assert "**Commands**" in md and "| 2 |" in md  # both solvers measured on 2 blocks
+    with pytest.raises(SystemExit, match="differs"):
+        gpu_scale.main(base + ["--tokens", "256", "--resume", str(out.with_suffix(".json"))])
+    rebuilt = tmp_path / "R.md"
+    assert gpu_scale.main(["--report-only", str(out.with_suffix(".json")), "--out", str(rebuilt)]) == 0
+    assert rebuilt.read_text() == md
+
+
 def test_llama_dims_scale_one_is_llama7b():
     dims = _load("gpu_scale").llama_dims(1.0)
     assert dims == {"hidden": 4096, "mlp": 11008, "heads": 32, "kv_heads": 8, "head_dim": 128}

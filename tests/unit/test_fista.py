@@ -50,11 +50,46 @@ def test_never_worse_than_projected_warm_start(warm):
     assert sol.extras["e_best"] == pytest.approx(math.sqrt(2 * sol.objective), rel=1e-9)
 
 
+def test_initial_lambda_rules():
+    """kkt: median |grad| over the projected warm start's zeros; fraction: 1e-2 lambda_max; lam overrides both."""
+    f = L1Relaxation(_layer(4), Unstructured(0.5), warm_start="magnitude")
+    w_start, _ = f.warm_start_weights()
+    w_p = w_start * Unstructured(0.5).project(w_start.abs()).double()
+    grad = f.grad(w_p)
+    assert f.initial_lambda(w_p) == pytest.approx(float(grad[w_p == 0].abs().median()), rel=1e-12)
+    assert replace(f, lambda_init="fraction").initial_lambda(w_p) == pytest.approx(1e-2 * f.lambda_max())
+    assert f.initial_lambda() == pytest.approx(1e-2 * f.lambda_max())  # no warm start given: the fraction rule
+    assert replace(f, lam=0.25).initial_lambda(w_p) == 0.25
+    assert f.initial_lambda(torch.ones_like(w_p)) == pytest.approx(1e-2 * f.lambda_max())  # nothing pruned
+
+
+@pytest.mark.parametrize("spec", [Unstructured(0.5), NM(2, 4)], ids=str)
+@pytest.mark.parametrize("star", [False, True])
+def test_refit_is_least_squares_on_the_support_and_matches_twin(spec, star):
+    layer = _layer(5, m=5, n=12, star=star)
+    plain = L1Relaxation(layer, spec, warm_start="magnitude")
+    f = replace(plain, refit=True)
+    got = prunekit.solve(f, backend="torch", dtype="float64")
+    ref = prunekit.solve(f, backend="scipy")
+    base = prunekit.solve(plain, backend="torch", dtype="float64")
+    assert torch.equal(got.mask, base.mask)  # the refit keeps the support
+    assert got.objective <= base.objective * (1 + 1e-12)
+    assert torch.allclose(got.weights, ref.weights, rtol=0, atol=1e-9 * float(ref.weights.abs().max()))
+    if got.extras["refit"]["accepted"]:
+        # stationarity on the kept entries: (W (G* + delta I) - C)_{i,S} = 0
+        gs, c = f.gram_star(), f.cross()
+        delta = layer.damping_value(gs)
+        resid = (got.weights.double() @ (gs + delta * torch.eye(gs.shape[0], dtype=gs.dtype)) - c)[got.mask]
+        assert float(resid.abs().max()) <= 1e-8 * float(c.abs().max())
+    assert got.residuals["mask_violations"] == 0
+
+
 def test_adaptive_lambda_follows_the_xi_rule():
     f = L1Relaxation(_layer(3), Unstructured(0.5), warm_start="magnitude", T=5)
     sol = prunekit.solve(f, backend="torch", dtype="float64")
     lam, lo, hi = sol.extras["lambda_trace"][0], 0.0, math.inf
-    assert lam == pytest.approx(1e-2 * f.lambda_max())
+    w_start, _ = f.warm_start_weights()
+    assert lam == pytest.approx(f.initial_lambda(w_start * Unstructured(0.5).project(w_start.abs()).double()))
     for t in range(4):
         ratio = sol.extras["e_round"][t] / sol.extras["e_total"][t]
         lam, lo, hi = next_lambda(lam, lo, hi, ratio > f.xi, 1.0)
@@ -126,6 +161,9 @@ def test_fista_leaves_inputs_unchanged_and_float32_dtype():
         (Unstructured(0.5), {"threshold_group": "layer"}, "threshold_group"),
         (Unstructured(0.5), {"project": False}, "adaptive"),
         (Unstructured(0.5), {"project": False, "adaptive": False}, "lam"),
+        (Unstructured(0.5), {"lambda_init": "median"}, "lambda_init"),
+        (Unstructured(0.5), {"refit": 1}, "refit"),
+        (Unstructured(0.5), {"refit": True, "project": False, "adaptive": False, "lam": 0.1}, "refit"),
         (Channels(count=2), {}, "PenaltyRelaxation"),
     ],
 )
