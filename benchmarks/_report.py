@@ -105,7 +105,8 @@ def evaluate_targets(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for setting, label in (("unstructured50", "50%"), ("2:4", "2:4")):
         cmp_le(f"mrp<=sparsegpt@{setting}", "mrp", "sparsegpt", setting, f"MRP ppl <= SparseGPT ppl at {label}")
         cmp_le(f"fista<=sparsegpt@{setting}", "fista", "sparsegpt", setting, f"FISTA ppl <= SparseGPT ppl at {label}")
-        for variant, what in (("fista_refit", "refit=True"), ("fista_fraction", "lambda_init='fraction'")):
+        for variant, what in (("fista_refit", "refit=True"), ("fista_fraction", "lambda_init='fraction'"),
+                              ("fista_seq", "sequential (pruned-model) inputs")):
             if _rid(variant, setting) in runs:  # informational rows: FISTA variants with [derived] options
                 cmp_le(f"{variant}<=sparsegpt@{setting}", variant, "sparsegpt", setting,
                        f"(variant) FISTA with {what} ppl <= SparseGPT ppl at {label}")
@@ -197,6 +198,9 @@ def table_rows(runs: dict[str, dict[str, Any]], plan: list[str]) -> list[list[An
             if recipe.get("method_options"):
                 notes.append(f"{recipe.get('method')} with " + ", ".join(
                     f"{k}={v!r}" for k, v in recipe["method_options"].items()))
+            mode = (recipe.get("calibration") or {}).get("mode", "auto")
+            if mode != "auto":
+                notes.append(f"calibration mode {mode}")
             if rec.get("table_note"):
                 notes.append(rec["table_note"])
             note = "; ".join(notes)
@@ -405,9 +409,10 @@ def write_report(out_dir: Path, md: Path, meta: dict[str, Any], plan: list[str],
         f"* Perplexity: {'all' if ev.get('windows') is None else 'the first ' + str(ev.get('windows'))} "
         f"non-overlapping windows × {ev.get('seqlen')} tokens of {ev.get('source')}; exp(mean window loss) "
         "(`prunekit.evaluate.perplexity`, methods.md §2). seqlen is stored with every number in the JSON.",
-        "* Settings: 50% unstructured and 2:4 for magnitude, wanda, sparsegpt, mrp, fista (and two FISTA variants: "
-        "`fista_refit` = `refit=True`, `fista_fraction` = `lambda_init='fraction'`, both [derived] options of "
-        "`L1Relaxation`); 20% and 30% of the MLP channels (`attention=none`) for fasp, flap, spap, admm; `+attn` "
+        "* Settings: 50% unstructured and 2:4 for magnitude, wanda, sparsegpt, mrp, fista (and three FISTA "
+        "variants: `fista_refit` = `refit=True`, `fista_fraction` = `lambda_init='fraction'`, both [derived] options "
+        "of `L1Relaxation`, and `fista_seq` = calibration mode `sequential`: pruned-model inputs across blocks "
+        "instead of FISTAPruner's dense ones); 20% and 30% of the MLP channels (`attention=none`) for fasp, flap, spap, admm; `+attn` "
         "rows also prune attention channels at the same ratio (`Recipe.attention='vo_channels'`: rows of W_V with the "
         "matching columns of W_O, FASP's scheme, for every method; whole heads are not used because this model's 3 KV "
         "groups leave none removable at 20-30%). Uniform allocation, recipe defaults otherwise.",

@@ -50,14 +50,18 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "channels30_attn": {"structure": "channels", "sparsity": 0.3, "attention": "auto", "label": "30% ch.+attn"},
     "channels20_attn": {"structure": "channels", "sparsity": 0.2, "attention": "auto", "label": "20% ch.+attn"},
 }
-UNSTRUCTURED_METHODS = ("wanda", "magnitude", "sparsegpt", "mrp", "fista", "fista_refit", "fista_fraction")  # order
-# Variants: a table row = a pipeline method with formulation options (``Recipe.method_options``).  Both FISTA
-# variants use rules marked [derived] in prunekit.formulations.l1: ``refit`` re-solves the least squares on the
-# final support; ``lambda_init="fraction"`` is the earlier initial-lambda rule (1e-2 lambda_max), kept as a row so
-# the effect of the default ``"kkt"`` rule stays visible.
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "fista_refit": ("fista", {"refit": True}),
-    "fista_fraction": ("fista", {"lambda_init": "fraction"}),
+UNSTRUCTURED_METHODS = ("wanda", "magnitude", "sparsegpt", "mrp", "fista", "fista_refit", "fista_fraction",
+                        "fista_seq")  # run order
+# Variants: a table row = a pipeline method with formulation options (``Recipe.method_options``) and, optionally, a
+# calibration mode (``CalibrationSettings.mode``; None = the method's own).  The FISTA options are marked [derived]
+# in prunekit.formulations.l1: ``refit`` re-solves the least squares on the final support; ``lambda_init="fraction"``
+# is the earlier initial-lambda rule (1e-2 lambda_max), kept as a row so the effect of the default ``"kkt"`` stays
+# visible.  ``fista_seq`` feeds every block the pruned model's inputs (``"sequential"``: inter-layer correction)
+# instead of FISTAPruner's dense inputs (methods.md §5.4 says the paper found that correction hurts).
+VARIANTS: dict[str, tuple[str, dict[str, Any], Optional[str]]] = {
+    "fista_refit": ("fista", {"refit": True}, None),
+    "fista_fraction": ("fista", {"lambda_init": "fraction"}, None),
+    "fista_seq": ("fista", {}, "sequential"),
 }
 CHANNEL_METHODS = ("fasp", "flap", "spap", "admm")  # run order; others supporting channels are appended
 # Attention pruning mode per method (Recipe.attention) in the *_attn settings: W_V rows + W_O columns per channel
@@ -252,11 +256,11 @@ def build_recipe(method: str, setting: str, args):
 
     spec = SETTINGS[setting]
     attention = ATTENTION_MODE.get(method, "none") if spec["attention"] == "auto" else spec["attention"]
-    base, options = VARIANTS.get(method, (method, {}))
+    base, options, mode = VARIANTS.get(method, (method, {}, None))
     return Recipe(method=base, structure=spec["structure"], sparsity=spec["sparsity"], attention=attention,
                   method_options=options,
                   calibration=CalibrationSettings(source="wikitext2", nsamples=args.nsamples, seqlen=args.seqlen,
-                                                  seed=0))
+                                                  seed=0, mode=mode or "auto"))
 
 
 def worker(args, method: str, setting: str) -> dict[str, Any]:

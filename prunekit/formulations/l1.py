@@ -61,9 +61,11 @@ class L1Relaxation(Formulation):
         halvings never got the projected iterate below the warm start's error, so FISTAPruner returned its warm
         start unchanged (benchmarks/RESULTS.md).
     refit : bool
-        [derived, not in FISTAPruner] After the outer loop, replace the kept weights by the exact least-squares
-        optimum on the chosen support, ``W_S = C_S (G*_SS + δI)^{-1}`` per row (the "relaxed lasso" debiasing
-        step; δ = the layer's damping); kept only if it lowers ``E_total``.
+        [derived, not in FISTAPruner] After the outer loop, replace the kept weights by the damped least-squares
+        optimum on the chosen support (the "relaxed lasso" debiasing step): per row
+        ``W_S = (C_S + δ U_S)(G*_SS + δI)^{-1}`` with ``U G* = C`` (``U = W`` without error correction, where this
+        is exactly :class:`FixedMaskRestoration` on the chosen mask; δ = the layer's damping); kept only if it
+        lowers ``E_total``.
     adaptive : bool
     K, T : int
         FISTA steps per round, outer rounds (paper: 20, 3).

@@ -11,6 +11,7 @@ import prunekit
 from prunekit.errors import FormulationError
 from prunekit.formulations.l1 import L1Relaxation
 from prunekit.formulations.layer import LayerData
+from prunekit.formulations.restoration import FixedMaskRestoration
 from prunekit.formulations.sparsity import NM, Channels, Unstructured
 from prunekit.solvers.torch.fista import fista, next_lambda
 from prunekit.verification.toy import random_layer
@@ -75,12 +76,16 @@ def test_refit_is_least_squares_on_the_support_and_matches_twin(spec, star):
     assert torch.equal(got.mask, base.mask)  # the refit keeps the support
     assert got.objective <= base.objective * (1 + 1e-12)
     assert torch.allclose(got.weights, ref.weights, rtol=0, atol=1e-9 * float(ref.weights.abs().max()))
-    if got.extras["refit"]["accepted"]:
-        # stationarity on the kept entries: (W (G* + delta I) - C)_{i,S} = 0
-        gs, c = f.gram_star(), f.cross()
-        delta = layer.damping_value(gs)
-        resid = (got.weights.double() @ (gs + delta * torch.eye(gs.shape[0], dtype=gs.dtype)) - c)[got.mask]
-        assert float(resid.abs().max()) <= 1e-8 * float(c.abs().max())
+    assert got.extras["refit"]["accepted"]
+    # stationarity on the kept entries: (W (G* + delta I) - C - delta U)_{i,S} = 0 with U G* = C
+    gs, c = f.gram_star(), f.cross()
+    delta = layer.damping_value(gs)
+    u = torch.linalg.solve(gs, c.T).T if star else layer.weight.double()
+    resid = (got.weights.double() @ (gs + delta * torch.eye(gs.shape[0], dtype=gs.dtype)) - c - delta * u)[got.mask]
+    assert float(resid.abs().max()) <= 1e-6 * float(c.abs().max())
+    if not star:  # without error correction the refit is FixedMaskRestoration on the chosen mask
+        fixed = prunekit.solve(FixedMaskRestoration(layer, got.mask), backend="torch", dtype="float64")
+        assert got.objective == pytest.approx(fixed.objective, rel=1e-9)
     assert got.residuals["mask_violations"] == 0
 
 

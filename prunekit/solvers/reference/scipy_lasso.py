@@ -116,12 +116,18 @@ class ScipyLasso(Solver):
         refit = None
         if f.refit:  # least squares on the support, row by row (an independent twin of the torch Lagrange form)
             delta = f.layer.damping_value(f.gram_star())
+            if f.layer.has_error_correction:  # U with U G* = C (see prunekit.solvers.torch.fista.refit_support)
+                eps = 1e-8 * max(float(np.mean(np.diag(gs))), 1e-300)
+                u = scipy.linalg.solve(gs + eps * np.eye(gs.shape[0]), c.T, assume_a="pos").T
+            else:
+                u = w0
             w_fit = np.zeros_like(w_best)
+            rhs = u @ (gs + delta * np.eye(gs.shape[0]))  # = C + delta U when U G* = C
             for i in range(w_fit.shape[0]):
                 s_i = np.flatnonzero(mask_best[i])
                 if s_i.size:
                     a = gs[np.ix_(s_i, s_i)] + delta * np.eye(s_i.size)
-                    w_fit[i, s_i] = scipy.linalg.solve(a, c[i, s_i], assume_a="pos")
+                    w_fit[i, s_i] = scipy.linalg.solve(a, rhs[i, s_i], assume_a="pos")
             e_fit = math.sqrt(max(2 * (0.5 * np.sum((w_fit @ gs) * w_fit) - np.sum(w_fit * c) + const), 0.0))
             refit = {"e_total": e_fit, "accepted": bool(e_fit < e_best)}
             if refit["accepted"]:

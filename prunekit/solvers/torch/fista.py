@@ -27,7 +27,7 @@ from ..base import Solver
 from ..options import SolverOptions
 from ..registry import register_solver
 from ..solution import Solution
-from ._linalg import spd_inverse
+from ._linalg import spd_inverse, spd_solve_right
 from .closed_form import lagrange_rows
 from .prox import project, prox_l1
 
@@ -77,17 +77,28 @@ def errors(w_k: torch.Tensor, h: torch.Tensor, gram_star: torch.Tensor, cross: t
     return e_round, math.sqrt(max(2.0 * float(f_val), 0.0))
 
 
-def refit_support(gram_star: torch.Tensor, cross: torch.Tensor, keep: torch.Tensor, damping: float, *,
+def refit_support(gram_star: torch.Tensor, unconstrained: torch.Tensor, keep: torch.Tensor, damping: float, *,
                   max_tries: int = 8, row_batch: Optional[int] = None) -> tuple[torch.Tensor, float]:
-    """Least squares on a fixed support: row i gets ``W_{i,S} = C_{i,S} (G*_SS + δI)^{-1}``, zeros elsewhere.
+    """Damped least squares on a fixed support: ``min (W - U)(G* + δI)(W - U)^T`` s.t. ``W = 0`` off ``keep``.
 
-    Computed as the multiple-removal update of the unconstrained optimum ``U = C (G* + δI)^{-1}`` with the
-    Hessian inverse ``(G* + δI)^{-1}`` (Lagrange form, batched by pruned count).  Returns ``(W, δ used)``.
+    ``U`` (m, n) is the unconstrained minimizer of ``f`` (``U G* = C``: the dense weight without error correction),
+    so the objective is ``2 f(W) + δ ||W - U||^2`` up to a constant -- the damping of
+    :class:`~prunekit.formulations.restoration.FixedMaskRestoration`, which this equals when ``X* = X``.  Row i:
+    ``W_{i,S} = (C_{i,S} + δ U_{i,S}) (G*_SS + δI)^{-1}``, computed as the multiple-removal update of ``U`` with
+    ``(G* + δI)^{-1}`` (Lagrange form, batched by pruned count).  Returns ``(W, δ used)``.
     """
     hinv, used = spd_inverse(gram_star, damping, max_tries=max_tries)
     hinv = 0.5 * (hinv + hinv.T)
-    unconstrained = cross @ hinv
     return lagrange_rows(unconstrained, ~keep, hinv, row_batch=row_batch), used
+
+
+def unconstrained_minimizer(formulation: L1Relaxation, gram_star: torch.Tensor, cross: torch.Tensor,
+                            w0: torch.Tensor, *, max_tries: int = 8) -> torch.Tensor:
+    """``U`` with ``U G* = C``: ``W`` itself without error correction, else ``C (G* + εI)^{-1}``, ε = 1e-8 mean diag G*."""
+    if not formulation.layer.has_error_correction:
+        return w0
+    eps = 1e-8 * float(gram_star.diagonal().mean().clamp_min(1e-300))
+    return spd_solve_right(cross, gram_star, eps, max_tries=max_tries)[0]
 
 
 def next_lambda(lam: float, lo: float, hi: float, too_dense: bool, fallback: float) -> tuple[float, float, float]:
@@ -167,7 +178,8 @@ class TorchFISTA(Solver):
         refit = None
         if f.refit:
             damping = f.layer.damping_value(gs)
-            w_fit, used = refit_support(gs, c, mask_best.to(device), damping, max_tries=options.max_damping_tries,
+            target = unconstrained_minimizer(f, gs, c, w0, max_tries=options.max_damping_tries)
+            w_fit, used = refit_support(gs, target, mask_best.to(device), damping, max_tries=options.max_damping_tries,
                                         row_batch=options.row_batch)
             _, e_fit = errors(w_fit, w_fit, gs, c, const)
             refit = {"e_total": e_fit, "accepted": bool(e_fit < e_best), "damping_used": used}
