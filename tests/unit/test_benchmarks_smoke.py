@@ -79,6 +79,22 @@ def test_gpu_scale_deadline_then_resume(tmp_path):
     assert rebuilt.read_text() == md
 
 
+def test_report_gpu_section_names_the_device(tmp_path):
+    """A full-size CUDA result is summarized in RESULTS.md with the GPU's name, a table and the commands."""
+    report = _load("_report")
+    data = json.loads((BENCH / "GPU_SCALE_cpu_reduced.json").read_text())
+    data.update(device="cuda", full_size=True, commands=["cmd-one", "cmd-two"])
+    data["machine"] = {**data["machine"], "gpu": "Fake GPU 80GB", "gpu_memory_gib": 79.2, "cuda": "13.0"}
+    path = tmp_path / "GPU_SCALE.json"
+    path.write_text(json.dumps(data))
+    text = "\n".join(report.gpu_scale_section(path))
+    assert "Device: **Fake GPU 80GB**" in text and "| formulation | setting | blocks |" in text
+    assert "`cmd-one`; `cmd-two`" in text and "Not run on a GPU" not in text
+    data.update(device="cpu", full_size=False)
+    path.write_text(json.dumps(data))
+    assert "Not run on a GPU" in "\n".join(report.gpu_scale_section(path))
+
+
 def test_llama_dims_scale_one_is_llama7b():
     dims = _load("gpu_scale").llama_dims(1.0)
     assert dims == {"hidden": 4096, "mlp": 11008, "heads": 32, "kv_heads": 8, "head_dim": 128}
@@ -107,7 +123,7 @@ def test_models_smoke_inline_and_resume(tmp_path, capsys):
     md = tmp_path / "RESULTS.md"
     argv = ["--smoke", "--isolation", "inline", "--out-dir", str(out), "--md", str(md),
             "--methods", "magnitude", "wanda", "fasp", "--settings", "unstructured50", "channels30",
-            "--speed-reps", "1"]
+            "--speed-reps", "1", "--gpu-scale-json", str(tmp_path / "no_gpu_run.json")]
     assert models.main(argv) == 0
     for rid in ("dense", "magnitude-unstructured50", "wanda-unstructured50", "fasp-channels30"):
         rec = json.loads((out / f"{rid}.json").read_text())
