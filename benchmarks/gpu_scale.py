@@ -33,6 +33,7 @@ CPU check at reduced size::
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -249,18 +250,17 @@ def torch_solvers(only: Optional[list[str]] = None) -> list[type]:
 
 
 def build(solver_cls: type, setting: str, module: str, layer, dims, block=None, x_mlp=None,
-          glu_iterations: int = 5) -> tuple[Any, Optional[str]]:
+          block_builders: Optional[dict[str, Callable]] = None) -> tuple[Any, Optional[str]]:
     """(formulation, None) or (None, reason it does not apply)."""
     ftype = solver_cls.formulation_type
     if ftype.__name__ in NOT_LAYER_PROBLEMS:
         return None, NOT_LAYER_PROBLEMS[ftype.__name__]
     try:
-        if ftype.__name__ in BLOCK_BUILDERS:
+        block_builders = BLOCK_BUILDERS if block_builders is None else block_builders
+        if ftype.__name__ in block_builders:
             if x_mlp is None:
                 return None, "block-level formulation: needs --mlp-tokens > 0"
-            builder = BLOCK_BUILDERS[ftype.__name__]
-            formulation = (builder(ftype, block, x_mlp, setting, dims, glu_iterations)
-                           if builder is _glu_recovery else builder(ftype, block, x_mlp, setting, dims))
+            formulation = block_builders[ftype.__name__](ftype, block, x_mlp, setting, dims)
         else:
             spec = spec_for(setting, module, dims)
             if spec is None:
@@ -343,6 +343,8 @@ def run(args, checkpoint: Callable[[dict[str, Any]], None] = lambda result: None
         result["calibration"] = previous["calibration"]
         result["skipped"] = previous.get("skipped", [])
     done = {_entry_key(e) for e in result["runs"]}
+    block_builders = {**BLOCK_BUILDERS,
+                      "GLURecovery": functools.partial(_glu_recovery, iterations=args.glu_iterations)}
     t_start = time.perf_counter()
     skipped: dict[tuple, list] = {}
     for b in range(args.blocks):
@@ -381,7 +383,7 @@ def run(args, checkpoint: Callable[[dict[str, Any]], None] = lambda result: None
                 block_level = solver_cls.formulation_type.__name__ in BLOCK_BUILDERS
                 for name in (("mlp",) if block_level else MODULES):
                     formulation, why = build(solver_cls, setting, name, layers.get(name), dims, block, x_mlp,
-                                             args.glu_iterations)
+                                             block_builders)
                     if formulation is None:
                         if why != "setting does not apply to this module" and b == 0:
                             skipped.setdefault((solver_cls.__name__, setting, why), []).append(name)

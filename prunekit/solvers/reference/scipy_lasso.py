@@ -93,7 +93,11 @@ class ScipyLasso(Solver):
         lip = f.lipschitz()
         spec = f.sparsity
         w_best, mask_best = _project_np(warm, spec)
-        e_best = math.sqrt(max(2 * (0.5 * np.sum((w_best @ gs) * w_best) - np.sum(w_best * c) + const), 0.0))
+
+        def e_total_of(h):  # ||H X* - W X||_F from the statistics
+            return math.sqrt(max(2 * (0.5 * np.sum((h @ gs) * h) - np.sum(h * c) + const), 0.0))
+
+        e_best = e_total_of(w_best)
         lam, lo, hi = f.initial_lambda(torch.from_numpy(w_best)), 0.0, math.inf
         lam_trace, e_total_trace = [], []
         for _ in range(f.T):
@@ -101,7 +105,7 @@ class ScipyLasso(Solver):
             h, mask = _project_np(w_k, spec)
             d = h - w_k
             e_round = math.sqrt(max(np.sum((d @ gs) * d), 0.0))
-            e_total = math.sqrt(max(2 * (0.5 * np.sum((h @ gs) * h) - np.sum(h * c) + const), 0.0))
+            e_total = e_total_of(h)
             lam_trace.append(lam)
             e_total_trace.append(e_total)
             if e_total < e_best:
@@ -128,7 +132,7 @@ class ScipyLasso(Solver):
                 if s_i.size:
                     a = gs[np.ix_(s_i, s_i)] + delta * np.eye(s_i.size)
                     w_fit[i, s_i] = scipy.linalg.solve(a, rhs[i, s_i], assume_a="pos")
-            e_fit = math.sqrt(max(2 * (0.5 * np.sum((w_fit @ gs) * w_fit) - np.sum(w_fit * c) + const), 0.0))
+            e_fit = e_total_of(w_fit)
             refit = {"e_total": e_fit, "accepted": bool(e_fit < e_best)}
             if refit["accepted"]:
                 w_best, e_best = w_fit, e_fit
