@@ -2,54 +2,77 @@
 
 .. code-block:: python
 
-    recipe = prunekit.Recipe(method="fasp", structure="channels", sparsity=0.3)
+    recipe = prunekit.Recipe(method="fasp", structure="channels", sparsity=0.3)   # or method=MyFormulation
     windows = prunekit.data.calibration_windows(tokenizer, "wikitext2", 128, 2048)
     result = prunekit.prune(model, recipe, windows)        # mutates model in place
-    result.plan.save("plan/"); result.report["params_after"]
+    result.report.params_after, result.plan.records[0].relative_error
 
-``plan`` leaves the model alone and returns a replayable :class:`~prunekit.models.plan.PruningPlan`;
-``apply_`` mutates the model (the only mutating step, delegated to ``prunekit.models.surgery``); ``prune``
-composes the two and adds a report.
+``recipe`` is a :class:`~prunekit.models.recipe.Recipe`, a dict of its fields or a recipe file path.  ``plan``
+leaves the model alone and returns a replayable :class:`~prunekit.models.plan.PruningPlan`; ``apply_`` mutates
+the model (``prunekit.models.surgery``); ``prune`` prunes block by block into the model and reports.  Whole
+checkpoints larger than memory are pruned from disk to disk by :func:`prunekit.models.pipeline.prune_checkpoint`
+(what ``prunekit prune`` runs).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
 from .models.plan import PruningPlan
 from .models.recipe import Recipe
+from .models.records import RunReport
+
+RecipeLike = Union[Recipe, Mapping[str, Any], str]
 
 
 @dataclass
 class PruneResult:
-    """The plan that was applied and a JSON-friendly report (parameters, time, per-layer rows)."""
+    """The plan that was applied (kept units, records, provenance) and the typed run report."""
 
     plan: PruningPlan
-    report: dict[str, Any] = field(default_factory=dict)
+    report: RunReport
 
 
-def _calibration_tokens(model, recipe: Recipe, calibration, tokenizer, data_dir) -> torch.Tensor:
+def calibration_tokens(recipe: Recipe, calibration, *, tokenizer=None, data_dir=None, model=None) -> torch.Tensor:
+    """Calibration windows (n_s, L): a tensor as given, or a source name turned into windows with the recipe's
+    calibration settings (needs ``tokenizer``)."""
+    from .errors import DataError
+
     if isinstance(calibration, torch.Tensor):
         return calibration
     if isinstance(calibration, str):
         from .data import calibration_windows
 
         if tokenizer is None and calibration != "self":
-            raise ValueError("calibration given as a source name needs tokenizer=.")
+            raise DataError(f"calibration given as a source name ({calibration!r}) needs tokenizer=. Fix: pass "
+                            f"tokenizer=..., or token windows as a LongTensor (nsamples, seqlen).")
         c = recipe.calibration
         return calibration_windows(tokenizer, calibration, c.nsamples, c.seqlen, c.seed, data_dir=data_dir, model=model)
     return torch.as_tensor(calibration, dtype=torch.long)
 
 
-def plan(model: nn.Module, recipe: Recipe, calibration: Union[torch.Tensor, str], *, device="cpu",
-         progress: bool = True, tokenizer=None, data_dir=None,
-         ratios: Optional[dict[str, float]] = None) -> PruningPlan:
-    """A pruning plan for ``model`` (left unchanged).
+def _run(model: nn.Module, recipe: RecipeLike, calibration, sink, *, device, progress, tokenizer, data_dir,
+         ratios) -> tuple[Recipe, PruningPlan]:
+    from .models.allocate import allocate
+    from .models.runner import run
+    from .models.stores import ModelBlocks
+
+    recipe = Recipe.coerce(recipe)
+    store = ModelBlocks(model)
+    tokens = calibration_tokens(recipe, calibration, tokenizer=tokenizer, data_dir=data_dir, model=model)
+    if ratios is None and recipe.allocation != "uniform":
+        ratios = allocate(store, recipe, tokens, device=device, progress=progress)
+    return recipe, run(store, recipe, tokens, sink, device=device, progress=progress, ratios=ratios)
+
+
+def plan(model: nn.Module, recipe: RecipeLike, calibration, *, device="cpu", progress: bool = True,
+         tokenizer=None, data_dir=None, ratios: Optional[dict[str, float]] = None) -> PruningPlan:
+    """A pruning plan for ``model`` (left unchanged); the plan holds the new weights in memory for ``apply_``.
 
     Parameters
     ----------
@@ -58,13 +81,10 @@ def plan(model: nn.Module, recipe: Recipe, calibration: Union[torch.Tensor, str]
     device : device on which one block at a time is processed.
     ratios : optional per-target sparsity overriding the recipe's allocation.
     """
-    from .models.allocate import allocate
-    from .models.runner import plan as run_plan
+    from .models.sinks import PlanSink
 
-    tokens = _calibration_tokens(model, recipe, calibration, tokenizer, data_dir)
-    if ratios is None and recipe.allocation != "uniform":
-        ratios = allocate(model, recipe, tokens, device=device, progress=progress)
-    return run_plan(model, recipe, tokens, device=device, progress=progress, ratios=ratios)
+    return _run(model, recipe, calibration, PlanSink(), device=device, progress=progress, tokenizer=tokenizer,
+                data_dir=data_dir, ratios=ratios)[1]
 
 
 def apply_(model: nn.Module, plan: PruningPlan) -> nn.Module:
@@ -77,42 +97,37 @@ def apply_(model: nn.Module, plan: PruningPlan) -> nn.Module:
 def count_nonzero(model: nn.Module) -> int:
     seen, total = set(), 0
     for p in model.parameters():
-        if id(p) not in seen:
+        if id(p) not in seen and p.device.type != "meta":
             seen.add(id(p))
             total += int((p != 0).sum())
     return total
 
 
-def prune(model: nn.Module, recipe: Recipe, calibration: Union[torch.Tensor, str], *, device="cpu",
-          progress: bool = True, tokenizer=None, data_dir=None) -> PruneResult:
-    """Prune ``model`` **in place** with ``recipe``: ``apply_(model, plan(model, recipe, calibration))``.
+def prune(model: nn.Module, recipe: RecipeLike, calibration, *, device="cpu", progress: bool = True,
+          tokenizer=None, data_dir=None, ratios: Optional[dict[str, float]] = None) -> PruneResult:
+    """Prune ``model`` **in place** with ``recipe``, block by block.
 
-    The model is mutated (weights rewritten, pruned channels/heads removed, config fixed).  To inspect first,
-    call :func:`plan`, then :func:`apply_`.  Returns the plan and a report with parameters before/after,
-    nonzero parameters, time and the per-layer rows (sparsity, objective, relative error, backend).
+    The model is mutated (each block replaced by its pruned copy: weights rewritten, pruned channels/heads
+    removed, config fixed).  To inspect first, call :func:`plan`, then :func:`apply_`.  Returns the plan (kept
+    units, per-layer records, provenance -- not a second copy of the weights) and a :class:`RunReport`.
     """
-    from .models.surgery import count_parameters
+    from .models.sinks import ModelSink
+    from .models.surgery import count_parameters, fix_config_
+    from .models.adapters import adapter_for
 
     start = time.perf_counter()
     params_before, nonzero_before = count_parameters(model), count_nonzero(model)
-    the_plan = plan(model, recipe, calibration, device=device, progress=progress, tokenizer=tokenizer,
-                    data_dir=data_dir)
-    plan_time = time.perf_counter() - start
-    apply_(model, the_plan)
-    report = {
-        "recipe": recipe.to_dict(),
-        "params_before": params_before,
-        "params_after": count_parameters(model),
-        "nonzero_params_before": nonzero_before,
-        "nonzero_params_after": count_nonzero(model),
-        "time_plan_s": plan_time,
-        "time_s": time.perf_counter() - start,
-        "mode": the_plan.provenance.get("mode"),
-        "device": str(device),
-        "layers": the_plan.layers,
-        "versions": the_plan.provenance.get("versions", {}),
-    }
+    recipe, the_plan = _run(model, recipe, calibration, ModelSink(), device=device, progress=progress,
+                            tokenizer=tokenizer, data_dir=data_dir, ratios=ratios)
+    fix_config_(model, adapter_for(model))
+    prov = the_plan.provenance
+    report = RunReport(
+        recipe=recipe.to_dict(), family=prov.get("family", ""), mode=prov.get("mode", ""), device=str(device),
+        calibration_shape=tuple(prov.get("calibration_shape", (0, 0))), params_before=params_before,
+        params_after=count_parameters(model), nonzero_params_before=nonzero_before,
+        nonzero_params_after=count_nonzero(model), time_prune_s=time.perf_counter() - start,
+        time_total_s=time.perf_counter() - start, layers=list(the_plan.records), versions=prov.get("versions", {}))
     return PruneResult(the_plan, report)
 
 
-__all__ = ["PruneResult", "apply_", "plan", "prune"]
+__all__ = ["PruneResult", "apply_", "calibration_tokens", "plan", "prune"]

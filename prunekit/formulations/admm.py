@@ -39,6 +39,8 @@ Source: StructPrune, arXiv 2510.03246 (§7.3 of methods.md, [derived]).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import math
 from dataclasses import dataclass
 from typing import Mapping
@@ -79,6 +81,8 @@ class ADMMSplit(Formulation):
 
     guarantee = Guarantee.HEURISTIC
     paper = "StructPrune (arXiv 2510.03246), ADMM splitting [derived, methods.md §7.3]"
+    method_name: ClassVar[str] = "admm"
+    structures: ClassVar[frozenset] = frozenset({"unstructured", "nm", "channels"})
 
     def validate(self) -> None:
         if self.sparsity is None:

@@ -61,6 +61,22 @@ class Formulation(ABC):
     guarantee: ClassVar[Guarantee] = Guarantee.HEURISTIC
     paper: ClassVar[str] = ""
 
+    # ---- what the model pipeline reads (``prunekit.models.methods.Method``); user formulations may override ----
+    method_name: ClassVar[Optional[str]] = None
+    """Short name of a built-in method (``--method wanda``); user classes are named ``module:Class``."""
+    structures: ClassVar[Optional[frozenset]] = None
+    """Structures the formulation accepts, a subset of {"unstructured", "nm", "channels"}; None derives them from
+    the type of the ``sparsity`` field (Unstructured, NM, Channels, a Union of them, or SparsitySpec = all three)."""
+    statistics: ClassVar[frozenset] = frozenset({"gram", "mean"})
+    """Calibration statistics the formulation reads from its LayerData: "gram" (G = X X^T), "mean" (input mean),
+    "star" (G* and X X*^T, intra-layer error correction); empty = no calibration data (magnitude)."""
+    unstructured_scope: ClassVar[str] = "row"
+    """Comparison group of an unstructured ratio: "row" (per output row) or "layer" (one threshold)."""
+    calibration_mode: ClassVar[str] = "propagated"
+    """Default way inputs reach each block (``CalibrationSettings.mode`` "auto" resolves to it)."""
+    column_score: ClassVar[str] = "fasp"
+    """Column importance used by model-level allocation pre-passes (a key of ``formulations.scores.COLUMN_SCORES``)."""
+
     def __post_init__(self) -> None:
         if not isinstance(self.layer, LayerData):
             raise TypeError(f"layer must be a LayerData, got {type(self.layer).__name__}.")

@@ -57,6 +57,7 @@ class CoupledStructuredRemoval(Formulation):
 
     guarantee: ClassVar[Guarantee] = Guarantee.HEURISTIC
     paper: ClassVar[str] = "FASP arXiv 2501.09412"
+    method_name: ClassVar[str] = "fasp"
 
     def validate(self) -> None:
         if not isinstance(self.sparsity, Channels):

@@ -66,6 +66,8 @@ class FLAPRemoval(Formulation):
 
     guarantee: ClassVar[Guarantee] = Guarantee.HEURISTIC
     paper: ClassVar[str] = "FLAP (An et al., AAAI 2024), CASIA-IVA-Lab/FLAP"
+    method_name: ClassVar[str] = "flap"
+    column_score: ClassVar[str] = "wifv"
 
     def validate(self) -> None:
         if not isinstance(self.sparsity, Channels):

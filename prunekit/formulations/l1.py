@@ -94,6 +94,10 @@ class L1Relaxation(Formulation):
 
     guarantee: ClassVar[Guarantee] = Guarantee.HEURISTIC
     paper: ClassVar[str] = "FISTAPruner (Zhao et al., arXiv 2408.03728, EMNLP 2025)"
+    method_name: ClassVar[str] = "fista"
+    structures: ClassVar[frozenset] = frozenset({"unstructured", "nm"})
+    statistics: ClassVar[frozenset] = frozenset({"gram", "mean", "star"})
+    calibration_mode: ClassVar[str] = "dense_sequential"
 
     def validate(self) -> None:
         if not isinstance(self.sparsity, (Unstructured, NM)):

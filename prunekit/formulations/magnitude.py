@@ -32,6 +32,10 @@ class MagnitudePruning(Formulation):
 
     guarantee: ClassVar[Guarantee] = Guarantee.HEURISTIC
     paper: ClassVar[str] = "magnitude baseline, locuslab/wanda prune_magnitude (methods.md §8.1)"
+    method_name: ClassVar[str] = "magnitude"
+    structures: ClassVar[frozenset] = frozenset({"unstructured", "nm"})
+    statistics: ClassVar[frozenset] = frozenset()
+    unstructured_scope: ClassVar[str] = "layer"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", coerce_sparsity(self.sparsity, "layer"))

@@ -73,6 +73,8 @@ class MultipleRemoval(Formulation):
 
     guarantee: ClassVar[Guarantee] = Guarantee.HEURISTIC
     paper: ClassVar[str] = "Zhao et al., Pruning Foundation Models for High Accuracy without Retraining, arXiv 2410.15567"
+    method_name: ClassVar[str] = "mrp"
+    structures: ClassVar[frozenset] = frozenset({"unstructured", "nm"})
 
     def validate(self) -> None:
         if self.sparsity is None:

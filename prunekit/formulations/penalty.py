@@ -86,6 +86,7 @@ class PenaltyRelaxation(Formulation):
 
     guarantee: ClassVar[Guarantee] = Guarantee.HEURISTIC
     paper: ClassVar[str] = "SPAP (Hu & Yuan, arXiv 2505.03373); update rules derived (methods.md §3.3)"
+    method_name: ClassVar[str] = "spap"
 
     def validate(self) -> None:
         if not isinstance(self.sparsity, Channels):

@@ -60,6 +60,8 @@ class SparseGPTPruning(Formulation):
 
     guarantee: ClassVar[Guarantee] = Guarantee.HEURISTIC
     paper: ClassVar[str] = "Frantar & Alistarh, SparseGPT, ICML 2023, arXiv 2301.00774 (methods.md §8.3)"
+    method_name: ClassVar[str] = "sparsegpt"
+    structures: ClassVar[frozenset] = frozenset({"unstructured", "nm"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", coerce_sparsity(self.sparsity, "layer"))

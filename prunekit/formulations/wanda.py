@@ -42,6 +42,8 @@ class WandaPruning(Formulation):
 
     guarantee: ClassVar[Guarantee] = Guarantee.HEURISTIC
     paper: ClassVar[str] = "Sun et al., Wanda, arXiv 2306.11695 (methods.md §8.2)"
+    method_name: ClassVar[str] = "wanda"
+    structures: ClassVar[frozenset] = frozenset({"unstructured", "nm"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", coerce_sparsity(self.sparsity, "layer" if self.variant else "row"))

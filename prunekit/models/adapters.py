@@ -61,6 +61,9 @@ class FamilyAdapter(ABC):
         with torch.no_grad():
             module.weight.copy_(weight.to(dtype=module.weight.dtype, device=module.weight.device))
 
+    def fix_block(self, model: nn.Module, index: int) -> None:
+        """Update per-module attributes (head counts, widths) of block ``index`` from its current shapes."""
+
     def fix_config(self, model: nn.Module) -> None:
         """Update ``model.config`` after surgery so it describes the new shapes."""
 

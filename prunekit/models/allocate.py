@@ -18,12 +18,10 @@ cannot be allocated.
 
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import torch
 
-from ..errors import FormulationError
 from .calibration import capture_block_inputs, collect_grams, forward_block
 from .recipe import Recipe
 
@@ -31,11 +29,11 @@ MAX_POINTS = 65536     # score summary kept per module during the pre-pass
 TOTAL_POINTS = 2_000_000  # total points handed to LayerAllocation for module targets
 
 
-def _unit_scores(layer, target, method: str) -> torch.Tensor:
+def _unit_scores(layer, target, method) -> torch.Tensor:
     from ..formulations import scores
 
     if target.group is not None:
-        fn = scores.COLUMN_SCORES["wifv" if method == "flap" else "fasp"]
+        fn = scores.COLUMN_SCORES[method.column_score]
         col = fn(layer).double().cpu()
         return torch.stack([col[list(u)].sum() for u in target.group.units])
     return _quantiles(scores.wanda(layer).double().flatten().cpu(), MAX_POINTS)
@@ -55,25 +53,26 @@ def _proportional(vectors: list[torch.Tensor], numels: list[int]) -> list[torch.
     return [_quantiles(v, max(1, round(n / stride))) for v, n in zip(vectors, numels)]
 
 
-def importance_prepass(model, recipe: Recipe, tokens: torch.Tensor, *, device="cpu",
+def importance_prepass(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu",
                        progress: bool = True) -> tuple[list[str], list[torch.Tensor]]:
-    """Target keys and their unit-score vectors from one pass over the dense model."""
-    from .adapters import adapter_for
-    from .runner import _DTYPES, block_targets
+    """Target keys and their unit-score vectors from one pass over the dense blocks of ``store``
+    (``prunekit.models.stores``: a model in memory or a checkpoint streamed block by block)."""
+    from .runner import DTYPES, block_targets
+    from .sinks import as_compute
 
-    adapter = adapter_for(model)
-    dtype = _DTYPES[recipe.dtype]
+    model, adapter = store.model, store.adapter
+    dtype = DTYPES[recipe.dtype]
     device = torch.device(device)
-    blocks = adapter.blocks(model)
+    store.prepare()
     inputs = capture_block_inputs(model, adapter, tokens, device=device, dtype=dtype)
     keys, vectors, numels = [], [], []
-    iterator = range(len(blocks))
+    iterator = range(len(store))
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc="prunekit allocation pre-pass", unit="block")
     for index in iterator:
-        dense = copy.deepcopy(blocks[index]).to(device=device, dtype=dtype).eval()
+        dense = as_compute(store.load(index), device, dtype)
         targets = block_targets(model, adapter, index, dense, recipe)
         accs = collect_grams(dense, inputs, [t.rel for t in targets], device=device)
         for t in targets:
@@ -82,26 +81,29 @@ def importance_prepass(model, recipe: Recipe, tokens: torch.Tensor, *, device="c
             keys.append(t.key)
             vectors.append(_unit_scores(layer, t, recipe.method))
             numels.append(vectors[-1].numel() if t.group is not None else layer.weight.numel())
-        if index + 1 < len(blocks):
+        if index + 1 < len(store):
             inputs = forward_block(dense, inputs, device=device)
+        store.release(index)
         del dense
-    if recipe.structure_kind != "channels":
+    if recipe.structure.kind != "channels":
         vectors = _proportional(vectors, numels)
     return keys, vectors
 
 
-def allocate(model, recipe: Recipe, tokens: torch.Tensor, *, device="cpu", progress: bool = True,
+def allocate(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu", progress: bool = True,
              prepass: Optional[tuple[list[str], list[torch.Tensor]]] = None) -> dict[str, float]:
-    """Per-target sparsities ``{key: s_l}`` meeting the recipe's mean sparsity under its allocation rule."""
+    """Per-target sparsities ``{key: s_l}`` meeting the recipe's mean sparsity under its allocation rule
+    (``store``: a ``prunekit.models.stores`` block store, or a model object)."""
     from .. import solve
     from ..formulations import LayerAllocation
 
     if recipe.allocation == "uniform":
         return {}
-    if recipe.structure_kind == "nm":
-        raise FormulationError(f"allocation={recipe.allocation!r} cannot change an N:M ratio. "
-                               f"Fix: use allocation='uniform' with structure={recipe.structure!r}.")
-    keys, vectors = prepass or importance_prepass(model, recipe, tokens, device=device, progress=progress)
+    if not hasattr(store, "prepare"):
+        from .stores import ModelBlocks
+
+        store = ModelBlocks(store)
+    keys, vectors = prepass or importance_prepass(store, recipe, tokens, device=device, progress=progress)
     sizes = torch.tensor([v.numel() for v in vectors], dtype=torch.float64)
     means = torch.stack([v.mean() for v in vectors])
     energies = means / means.mean().clamp_min(1e-300)

@@ -1,10 +1,13 @@
 """PruningPlan: what to do to a model, apart from doing it (design.md principle 14).
 
-A plan holds, per linear module, the new dense weight (and bias) found by the solvers -- zeros where pruned,
-full original shape -- and, per coupled group, the units (channels, heads) that are kept.  ``apply_`` first
-writes the module edits, then physically removes the pruned units of every group edit.  Plans serialize to a
-folder: ``plan.json`` (versioned metadata, kept indices, provenance, per-layer report) and
-``plan.safetensors`` (the tensors), so a plan made on one machine replays on another.
+A plan holds, per coupled group, the units (channels, heads) that are kept, the typed per-layer records and the
+provenance; a plan made by ``prunekit.plan`` (which leaves the model alone) also holds, in memory, per linear
+module the new dense weight (and bias) found by the solvers -- zeros where pruned, full original shape -- so
+``apply_`` can replay it: first the module edits, then the physical removal of every group edit's pruned units.
+
+On disk a plan is ``plan.json`` (versioned metadata, kept units, records, provenance).  The weights are not
+copied there by default -- a pruned checkpoint already holds each weight once; ``save(..., include_weights=True)``
+adds ``plan.safetensors`` for a plan that must replay on another machine.
 """
 
 from __future__ import annotations
@@ -51,8 +54,23 @@ class PruningPlan:
     module_edits: dict[str, ModuleEdit] = field(default_factory=dict)
     group_edits: dict[str, GroupEdit] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
-    layers: list[dict[str, Any]] = field(default_factory=list)  # per-module report rows
+    records: list = field(default_factory=list)  # LayerRecord per layer problem
     version: int = VERSION
+
+    def block_edits(self, index: int, prefix: str) -> "PruningPlan":
+        """The sub-plan of one block (edits whose module/downstream name starts with ``prefix + '.'``)."""
+        head = prefix + "."
+        return PruningPlan(
+            {k: e for k, e in self.module_edits.items() if (e.module or k).startswith(head)},
+            {k: g for k, g in self.group_edits.items() if k.startswith(head)},
+            dict(self.provenance), [r for r in self.records if r.block == index], self.version)
+
+    def merge_(self, other: "PruningPlan", keep_weights: bool = True) -> None:
+        """Add another (block) plan's edits and records; ``keep_weights=False`` drops its module weights."""
+        for k, e in other.module_edits.items():
+            self.module_edits[k] = e if keep_weights else ModuleEdit(e.module, None, None, e.sparsity_kind, e.note)
+        self.group_edits.update(other.group_edits)
+        self.records.extend(other.records)
 
     # ------------------------------------------------------------------ serialization
     def to_dict(self) -> dict[str, Any]:
@@ -66,7 +84,7 @@ class PruningPlan:
             },
             "group_edits": {k: {**asdict(g), "kept_units": list(g.kept_units)} for k, g in self.group_edits.items()},
             "provenance": self.provenance,
-            "layers": self.layers,
+            "records": [r.to_dict() for r in self.records],
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -80,6 +98,8 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], tensors: Optional[dict[str, torch.Tensor]] = None) -> "PruningPlan":
+        from .records import LayerRecord
+
         version = int(data.get("version", -1))
         if version != VERSION:
             raise DataError(f"plan version {version} is not supported (this prunekit reads version {VERSION}).")
@@ -93,26 +113,30 @@ class PruningPlan:
                 sparsity_kind=e.get("sparsity_kind", "dense"),
                 note=e.get("note", ""),
             )
-            if e.get("has_weight") and edits[k].weight is None:
+            if e.get("has_weight") and edits[k].weight is None and tensors:
                 raise DataError(f"plan tensors are missing {k}.weight; the plan folder is incomplete.")
         groups = {
             k: GroupEdit(group=g["group"], kind=g["kind"], kept_units=tuple(g["kept_units"]), num_units=g["num_units"])
             for k, g in data.get("group_edits", {}).items()
         }
-        return cls(edits, groups, dict(data.get("provenance", {})), list(data.get("layers", [])), version)
+        records = [LayerRecord.from_dict(r) for r in data.get("records", [])]
+        return cls(edits, groups, dict(data.get("provenance", {})), records, version)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``plan.json`` and ``plan.safetensors`` into folder ``path`` atomically (temp files + rename)."""
-        from safetensors.torch import save_file
-
+    def save(self, path: str | os.PathLike, include_weights: bool = False) -> Path:
+        """Write ``plan.json`` (and, with ``include_weights``, ``plan.safetensors``) into folder ``path``
+        atomically (temp files + rename)."""
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as fh:
             json.dump(self.to_dict(), fh, indent=2, default=str)
             tmp_json = fh.name
-        tmp_st = str(folder / ".plan.safetensors.tmp")
-        save_file(self.tensors(), tmp_st)
-        os.replace(tmp_st, folder / "plan.safetensors")
+        if include_weights:
+            from safetensors.torch import save_file
+
+            tmp_st = str(folder / ".plan.safetensors.tmp")
+            save_file(self.tensors(), tmp_st)
+            os.replace(tmp_st, folder / "plan.safetensors")
+        os.chmod(tmp_json, 0o644)
         os.replace(tmp_json, folder / "plan.json")
         return folder
 

@@ -1,28 +1,26 @@
-"""Saving and loading pruned models: safetensors weights + ``config.json``, written atomically.
+"""Saving and loading pruned models: safetensors shards + a config stock loaders read, published atomically.
 
-Layout of a folder written by :func:`save_pruned`::
+Layout of a folder written by :func:`save_pruned` (and by ``prunekit prune``, block by block)::
 
-    config.json              the model config after ``fix_config``, plus a ``"prunekit"`` entry (below)
-    model.safetensors        the weights (never pickle)
-    tokenizer files          when a tokenizer is given
-    plan/                    the PruningPlan (plan.json + plan.safetensors), when given
-    prunekit_report.json     the run report, when given
+    config.json                       the config after ``fix_config`` and the stock layout (``export.py``)
+    model-block-00000.safetensors ... one shard per decoder block, model-rest.safetensors for the rest
+    model.safetensors.index.json      the shard index (stock ``from_pretrained`` reads it)
+    tokenizer files                   when a tokenizer is given
+    plan/plan.json                    kept units, per-layer records, provenance (no second copy of the weights)
+    report.json                       the run report, when given
+    prunekit_output.json              prunekit's output marker (only it lets ``--overwrite`` replace the folder)
 
-``config.json["prunekit"]`` holds ``format``, ``sparsity_kind``, ``speedup_claimed`` and, for ``format ==
-"rebuild"``, ``base_config`` (the config of the unpruned architecture), ``linear_shapes`` ({module: [out, in,
-has_bias]} of every linear module of the blocks) and ``family``.
+Formats (``export.stock_layout`` decides, exact transforms only):
 
-* ``format == "stock"`` -- the stock config describes every tensor (uniform widths, LLaMA-like heads with an
-  explicit ``head_dim``): ``AutoModelForCausalLM.from_pretrained(path)`` loads it.  Transformers 5.23 has a
-  ``per_layer_config`` mechanism, but the LLaMA/Qwen/Gemma/OPT/GPT-2 model code does not read it (building a
-  LLaMA with a per-layer ``intermediate_size`` raises ``AmbiguousGlobalPerLayerAttributeError``), so
-* ``format == "rebuild"`` -- heterogeneous widths, OPT/GPT-2 heads (their ``head_dim`` is derived from the
-  head count) or biases added by pruning (FLAP): :func:`load_pruned` builds the base architecture, resizes
-  every module to the stored shape, lets the family adapter fix per-module attributes, and loads the tensors
-  with ``safetensors.torch.load_file``.
+* ``"stock"`` -- ``AutoModelForCausalLM.from_pretrained(path)`` loads it with outputs equal to the pruned model's
+  (uniform widths as they are; biases kept through a config flag the modeling code reads; heterogeneous widths and
+  V/O channels zero-padded, which costs parameters and is said in the report);
+* ``"rebuild"`` -- no exact stock form (a bias the stock class cannot hold): ``config.json["prunekit"]`` holds
+  ``base_config`` and ``linear_shapes`` and :func:`load_pruned` rebuilds the model (a stock loader would drop
+  such a tensor silently, which is why this format exists at all).
 
-Unstructured and N:M results are dense tensors with zeros: they are labelled ``sparsity_kind`` =
-``"unstructured"`` / ``"n:m"`` with ``speedup_claimed = false``.
+Unstructured and N:M results are dense tensors with zeros: labelled ``sparsity_kind`` = ``"unstructured"`` /
+``"n:m"`` with ``speedup_claimed = false`` in the output marker.
 """
 
 from __future__ import annotations
@@ -30,8 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,7 +37,7 @@ from torch import nn
 from ..errors import ModelError
 from .adapters import adapter_for
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPEEDUP_KINDS = frozenset({"structured"})
 
 
@@ -78,86 +74,87 @@ def linear_shapes(model: nn.Module) -> dict[str, list]:
     return shapes
 
 
-def _stock_loadable(model: nn.Module) -> bool:
-    """True when ``from_config(model.config)`` builds exactly the model's parameter names and shapes."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def output_config(model: nn.Module, layout, base_config: Optional[dict] = None) -> dict[str, Any]:
+    """The ``config.json`` of a pruned model under ``layout``; the rebuild format adds ``"prunekit"`` metadata."""
+    from .export import REBUILD
 
-    try:
-        config = AutoConfig.for_model(**model.config.to_dict())
-        with torch.device("meta"):
-            ref = AutoModelForCausalLM.from_config(config)
-    except Exception:  # noqa: BLE001 -- an inconsistent stock config means "not stock-loadable"
-        return False
-    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
-    return mine == theirs
+    config = dict(layout.config)
+    config.pop("prunekit", None)
+    if layout.format == REBUILD:
+        base = dict(base_config or getattr(model, "_prunekit_base_config", None) or model.config.to_dict())
+        base.pop("prunekit", None)
+        config["prunekit"] = {"version": FORMAT_VERSION, "format": REBUILD, "family": adapter_for(model).name,
+                              "base_config": base, "linear_shapes": linear_shapes(model),
+                              "notes": list(layout.notes)}
+    return config
+
+
+def write_model_shards(model: nn.Module, writer, layout) -> None:
+    """The model's tensors, one shard per block plus one for the rest, through ``layout.transform``
+    (tied duplicates such as a tied ``lm_head.weight`` are written once)."""
+    from .checkpoint import expected_tensors
+    from .sinks import block_shard
+
+    adapter = adapter_for(model)
+    _, optional = expected_tensors(model)
+    state = {k: v for k, v in model.state_dict().items() if k not in optional or not _tied_duplicate(model, k)}
+    taken: set[str] = set()
+    for i in range(len(adapter.blocks(model))):
+        head = adapter.block_prefix(model, i) + "."
+        part = {k: v for k, v in state.items() if k.startswith(head)}
+        taken.update(part)
+        writer.write(block_shard(i), layout.transform(part))
+    writer.write("model-rest.safetensors", layout.transform({k: v for k, v in state.items() if k not in taken}))
+
+
+def _tied_duplicate(model: nn.Module, name: str) -> bool:
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    return name in tied or (name == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False))
 
 
 def save_pruned(model: nn.Module, tokenizer, out_dir, *, plan=None, report: Optional[dict] = None,
                 sparsity_kind: Optional[str] = None, base_config: Optional[dict] = None,
                 overwrite: bool = False) -> Path:
-    """Save a (pruned) model atomically: everything is written to a temporary sibling folder that is renamed
-    to ``out_dir`` at the end, so a failure leaves no half-written ``out_dir``.
+    """Save a (pruned) model in memory as a folder stock loaders read, atomically and safely
+    (``prunekit.models.output.OutputFolder``: nothing at ``out_dir`` until complete; ``overwrite`` replaces only
+    an earlier prunekit output).
 
     Parameters
     ----------
     sparsity_kind : str, optional
-        ``"structured"`` (units removed), ``"unstructured"``, ``"n:m"``, ``"channels"`` (zeroed columns kept in
-        place), ``"dense"``, or a ``+``-joined mix; inferred from ``plan``.  Only ``"structured"`` claims a speedup.
+        ``"structured"`` (units removed), ``"unstructured"``, ``"n:m"``, ``"channels"``, ``"dense"``, or a
+        ``+``-joined mix; inferred from ``plan``.  Only ``"structured"`` claims a speedup.
     base_config : dict, optional
-        Config of the unpruned architecture (needed to rebuild heterogeneous models); defaults to
-        ``model._prunekit_base_config`` (recorded by ``apply_`` before its first change) or the current config.
-    overwrite : bool
-        Replace an existing ``out_dir`` (the old folder is removed only after the new one is complete).
+        Config of the unpruned architecture (for the rebuild format); defaults to the one ``apply_`` recorded.
     """
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not overwrite:
-        raise ModelError(f"{out} already exists. Fix: choose another folder or pass overwrite=True.")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from .checkpoint import ShardWriter
+    from .export import stock_layout
+    from .output import OutputFolder
+
     kind = sparsity_kind or _infer_sparsity_kind(plan)
-    adapter = adapter_for(model)
-    stock = _stock_loadable(model)
-    meta: dict[str, Any] = {
-        "version": FORMAT_VERSION,
-        "family": adapter.name,
-        "format": "stock" if stock else "rebuild",
-        "sparsity_kind": kind,
-        "speedup_claimed": _speedup_claimed(kind),
-        "note": ("pruned units physically removed" if _speedup_claimed(kind) else
-                 "dense weights with zeros: no speedup claimed" if kind != "dense" else "dense"),
-    }
-    if not stock:
-        meta["linear_shapes"] = linear_shapes(model)
-        meta["base_config"] = base_config or getattr(model, "_prunekit_base_config", None) \
-            or _base_config_from(model)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    _chmod_like_mkdir(tmp)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    output = OutputFolder.open(out_dir, overwrite=overwrite, fingerprint={"save_pruned": str(out_dir)},
+                               needed_bytes=int(nbytes * 1.1) + (16 << 20))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        cfg_path = tmp / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["prunekit"] = meta
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
+        layout = stock_layout(model)
+        writer = ShardWriter(output.partial)
+        write_model_shards(model, writer, layout)
+        writer.finalize()
+        output.write_json("config.json", output_config(model, layout, base_config))
+        generation = getattr(model, "generation_config", None)
+        if generation is not None:
+            with contextlib.suppress(Exception):  # a model without a usable generation config still saves
+                output.write_file("generation_config.json", generation.to_json_string())
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            tokenizer.save_pretrained(output.partial)
         if plan is not None:
-            plan.save(tmp / "plan")
+            plan.save(output.path("plan"))
         if report is not None:
-            (tmp / "prunekit_report.json").write_text(json.dumps(report, indent=2, default=str))
-        pickles = [p.name for p in tmp.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
-        if pickles:
-            raise ModelError(f"refusing to save pickle files {pickles}; prunekit writes safetensors only.")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+            output.write_json("report.json", report)
+        return output.finish({"format": layout.format, "sparsity_kind": kind,
+                              "speedup_claimed": _speedup_claimed(kind), "added_parameters": layout.added_parameters})
+    finally:
+        output.close()
 
 
 def _chmod_like_mkdir(path: Path) -> None:
@@ -174,13 +171,10 @@ def _base_config_from(model: nn.Module) -> dict:
 
 
 def is_prunekit_folder(path) -> bool:
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return "prunekit" in json.loads(cfg.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
+    """A folder written by prunekit (its output marker)."""
+    from .output import is_prunekit_output
+
+    return is_prunekit_output(path)
 
 
 def _load_tokenizer(path: Path):
@@ -213,8 +207,14 @@ def load_pruned(path, dtype: torch.dtype = torch.float32, device="cpu"):
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
         raise ModelError(f"no config.json in {folder}. Fix: pass a folder written by prunekit.save_pruned.")
-    cfg = json.loads((folder / "config.json").read_text())
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{folder / 'config.json'} is not readable JSON ({exc}). Fix: pass an intact model folder.")
     meta = cfg.get("prunekit", {})
+    if meta and meta.get("version") != FORMAT_VERSION:
+        raise ModelError(f"{folder} was written in prunekit format version {meta.get('version')}; this prunekit "
+                         f"reads version {FORMAT_VERSION}. Fix: re-run the prune with this prunekit version.")
     if meta.get("format", "stock") == "stock":
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
         return model.to(device).eval(), _load_tokenizer(folder)
@@ -244,4 +244,5 @@ def load_pruned(path, dtype: torch.dtype = torch.float32, device="cpu"):
     return model.to(device=device).eval(), _load_tokenizer(folder)
 
 
-__all__ = ["save_pruned", "load_pruned", "is_prunekit_folder", "linear_shapes", "FORMAT_VERSION"]
+__all__ = ["save_pruned", "load_pruned", "is_prunekit_folder", "linear_shapes", "output_config", "write_model_shards",
+           "FORMAT_VERSION"]

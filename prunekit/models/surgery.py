@@ -21,6 +21,7 @@ two give identical outputs, which the tests check.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import Optional, Sequence
@@ -175,8 +176,9 @@ def write_module_edit_(model: nn.Module, adapter: FamilyAdapter, name: str, weig
             module.bias.copy_(bias.reshape(module.bias.shape))
 
 
-def _groups_by_name(model: nn.Module, adapter: FamilyAdapter) -> dict[str, CoupledGroup]:
-    return {g.name: g for i in range(len(adapter.blocks(model))) for g in adapter.coupled_groups(model, i)}
+def _groups_by_name(model: nn.Module, adapter: FamilyAdapter, block: Optional[int] = None) -> dict[str, CoupledGroup]:
+    indices = range(len(adapter.blocks(model))) if block is None else (block,)
+    return {g.name: g for i in indices for g in adapter.coupled_groups(model, i)}
 
 
 def _check_edit(edit: GroupEdit, group: CoupledGroup) -> list[int]:
@@ -223,8 +225,9 @@ def _slice_(model, adapter, group: CoupledGroup, kept, present: dict[str, list[i
         _replace(model, adapter, name, w[rows].clone(), None if mod.bias is None else mod.bias.detach()[rows].clone())
 
 
-def _resolve_groups(model, adapter, plan: PruningPlan) -> list[tuple[GroupEdit, CoupledGroup, list[int]]]:
-    groups = _groups_by_name(model, adapter)
+def _resolve_groups(model, adapter, plan: PruningPlan,
+                    block: Optional[int] = None) -> list[tuple[GroupEdit, CoupledGroup, list[int]]]:
+    groups = _groups_by_name(model, adapter, block)
     resolved, seen = [], {}
     for key, edit in plan.group_edits.items():
         name = edit.group or key
@@ -246,14 +249,9 @@ def _resolve_groups(model, adapter, plan: PruningPlan) -> list[tuple[GroupEdit, 
 
 
 # ---------------------------------------------------------------------------------------------- public
-@torch.no_grad()
-def apply_(model: nn.Module, plan: PruningPlan) -> nn.Module:
-    """Apply ``plan`` to ``model`` **in place** (module edits, then physical removal of pruned units, then the
-    config fix-up) and return the model.  The plan itself is not modified."""
-    adapter = adapter_for(model)
-    resolved = _resolve_groups(model, adapter, plan)  # group indices refer to the unpruned shapes
-    if getattr(model, "_prunekit_base_config", None) is None:  # the architecture to rebuild from (saving.py)
-        model._prunekit_base_config = model.config.to_dict()
+def _apply_edits_(model: nn.Module, adapter: FamilyAdapter, plan: PruningPlan, block: Optional[int] = None) -> bool:
+    """Module edits, then physical removal of the pruned units; True when units were removed."""
+    resolved = _resolve_groups(model, adapter, plan, block)  # group indices refer to the unpruned shapes
     for name, edit in plan.module_edits.items():
         write_module_edit_(model, adapter, edit.module or name, edit.weight, edit.bias)
     present: dict[str, list[int]] = {}  # original indices still present after slicing, per module
@@ -263,9 +261,66 @@ def apply_(model: nn.Module, plan: PruningPlan) -> nn.Module:
     for _, group, kept in resolved:  # after the heads: only the channels of kept heads remain to compact
         if group.kind in COMPACT_KINDS:
             _compact_(model, adapter, group, kept, present)
-    if resolved:
+    return bool(resolved)
+
+
+@torch.no_grad()
+def apply_(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """Apply ``plan`` to ``model`` **in place** (module edits, then physical removal of pruned units, then the
+    config fix-up) and return the model.  The plan itself is not modified."""
+    adapter = adapter_for(model)
+    if getattr(model, "_prunekit_base_config", None) is None:  # the architecture to rebuild from (saving.py)
+        model._prunekit_base_config = model.config.to_dict()
+    if _apply_edits_(model, adapter, plan):
         adapter.fix_config(model)
     return model
+
+
+@torch.no_grad()
+def pruned_block(model: nn.Module, adapter: FamilyAdapter, index: int, block_plan: PruningPlan) -> nn.Module:
+    """A pruned copy of block ``index`` (its edits applied, per-module attributes fixed); the model is unchanged.
+
+    The copy is made in the block's own dtype and device; ``block_plan`` holds only this block's edits
+    (:meth:`PruningPlan.block_edits`).  Its group indices refer to the unpruned block.
+    """
+    blocks = adapter.blocks(model)
+    original = blocks[index]
+    blocks[index] = copy.deepcopy(original)
+    try:
+        if _apply_edits_(model, adapter, block_plan, index):
+            adapter.fix_block(model, index)
+        return blocks[index]
+    finally:
+        blocks[index] = original
+
+
+def replace_block_(model: nn.Module, adapter: FamilyAdapter, index: int, block: nn.Module) -> None:
+    """Put ``block`` (e.g. from :func:`pruned_block`) in place of block ``index`` of ``model``."""
+    adapter.blocks(model)[index] = block
+
+
+@torch.no_grad()
+def load_block_state_(block: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Load a pruned block's saved tensors (names relative to the block) into a block of the same shapes,
+    adding the biases that pruning created (FLAP's bias compensation); every tensor must match (strict)."""
+    for name, tensor in state.items():
+        owner, _, leaf = name.rpartition(".")
+        module = block.get_submodule(owner) if owner else block
+        if leaf == "bias" and getattr(module, "bias", None) is None and hasattr(module, "weight"):
+            module.bias = nn.Parameter(torch.zeros(tensor.shape, dtype=module.weight.dtype,
+                                                   device=module.weight.device), requires_grad=False)
+    missing, unexpected = block.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ModelError(f"saved block tensors do not match the block (missing {missing[:4]}, unexpected "
+                         f"{unexpected[:4]}). Fix: the partial output is damaged; rerun with --overwrite.")
+    return block
+
+
+def fix_config_(model: nn.Module, adapter: FamilyAdapter) -> None:
+    """Update ``model.config`` (and per-module attributes) from the current module shapes."""
+    if getattr(model, "_prunekit_base_config", None) is None:
+        model._prunekit_base_config = model.config.to_dict()
+    adapter.fix_config(model)
 
 
 @torch.no_grad()
@@ -311,5 +366,5 @@ def removed_parameters(model: nn.Module, plan: PruningPlan) -> int:
     return total
 
 
-__all__ = ["apply_", "mask_model_", "round_kept_count", "count_parameters", "removed_parameters",
+__all__ = ["apply_", "pruned_block", "load_block_state_", "replace_block_", "fix_config_", "mask_model_", "round_kept_count", "count_parameters", "removed_parameters",
            "new_linear_like", "resize_module_", "CompactLinear", "COMPACT_KINDS"]

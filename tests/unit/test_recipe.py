@@ -7,14 +7,15 @@ import json
 import pytest
 
 from prunekit.errors import DataError, FormulationError
-from prunekit.models.methods import METHODS, build_formulation, units_pruned
-from prunekit.models.recipe import VERSION, CalibrationSettings, Recipe, parse_structure
+from prunekit.models.methods import Method, builtin_methods, resolve_method, units_pruned
+from prunekit.models.recipe import VERSION, CalibrationSettings, Recipe
+from prunekit.models.structure import Structure
 
 
 def full_recipe() -> Recipe:
     return Recipe(method="fasp", structure="channels", sparsity=0.3, allocation="softmax", temperature=0.7,
                   attention="heads", backend="torch", solver_options={"dtype": "float64"},
-                  method_options={"score": "fasp"}, round_to=8, damping=0.02, dtype="float32",
+                  options={"score": "fasp"}, round_to=8, damping=0.02, dtype="float32",
                   calibration=CalibrationSettings(source="wikitext2", nsamples=16, seqlen=256, seed=3, mode="dense"))
 
 
@@ -48,11 +49,11 @@ def test_unknown_keys_are_rejected_with_the_valid_ones():
 
 
 def test_unsupported_combinations_list_what_is_supported():
-    with pytest.raises(FormulationError, match="supports: channels.*Methods that support '2:4'"):
+    with pytest.raises(FormulationError, match="supports: channels.*Methods that support N:M"):
         Recipe(method="fasp", structure="2:4")
     with pytest.raises(FormulationError, match="does not support structure 'channels'"):
         Recipe(method="sparsegpt", structure="channels")
-    with pytest.raises(FormulationError, match="known methods"):
+    with pytest.raises(FormulationError, match="built-in methods"):
         Recipe(method="obc")
     with pytest.raises(FormulationError, match="N:M"):
         Recipe(structure="4:2")
@@ -62,17 +63,50 @@ def test_unsupported_combinations_list_what_is_supported():
         Recipe(sparsity=1.0)
 
 
-def test_structure_parsing():
-    assert parse_structure("2:4") == ("nm", (2, 4))
-    assert parse_structure("4:8") == ("nm", (4, 8))
-    assert parse_structure("channels") == ("channels", None)
-    assert Recipe(method="sparsegpt", structure="2:4").nm == (2, 4)
+def test_structure_is_parsed_once_into_a_typed_value():
+    assert Structure.parse("2:4") == Structure("nm", 2, 4)
+    assert Structure.parse("4:8").fixed_ratio == 0.5
+    assert Structure.parse("channels") == Structure("channels")
+    recipe = Recipe(method="sparsegpt", structure="2:4")
+    assert recipe.structure == Structure("nm", 2, 4) and str(recipe.structure) == "2:4"
+    assert recipe.sparsity == 0.5  # N:M fixes the ratio
+    assert isinstance(recipe.method, Method) and recipe.method.name == "sparsegpt"
+
+
+def test_yaml_keeps_an_unquoted_n_m_structure():
+    """YAML 1.1 reads 2:4 as the base-60 integer 124; recipes must not."""
+    recipe = Recipe.from_yaml("method: sparsegpt\nstructure: 2:4\n")
+    assert recipe.structure == Structure("nm", 2, 4)
+    assert Recipe.from_yaml("method: wanda\nstructure: unstructured\nsparsity: 0.25\n").sparsity == 0.25
+    with pytest.raises(FormulationError, match="base-60"):
+        Recipe.from_dict({"method": "sparsegpt", "structure": 124})
+
+
+def test_contradictory_settings_are_errors():
+    with pytest.raises(FormulationError, match="contradicts structure 2:4"):
+        Recipe(method="sparsegpt", structure="2:4", sparsity=0.3)
+    assert Recipe(method="sparsegpt", structure="2:4", sparsity=0.5).sparsity == 0.5
+    with pytest.raises(FormulationError, match="cannot change an N:M ratio"):
+        Recipe(method="wanda", structure="2:4", allocation="softmax")
+    with pytest.raises(FormulationError, match="round_to"):
+        Recipe(method="wanda", structure="unstructured", round_to=8)
+
+
+def test_coerce_accepts_recipe_dict_and_file(tmp_path):
+    recipe = full_recipe()
+    assert Recipe.coerce(recipe) is recipe
+    assert Recipe.coerce(recipe.to_dict()) == recipe
+    path = recipe.save(tmp_path / "r.yaml")
+    assert Recipe.coerce(str(path)) == recipe and Recipe.coerce(path) == recipe
+    with pytest.raises(DataError, match="does not exist"):
+        Recipe.coerce(tmp_path / "missing.yaml")
 
 
 def test_every_method_supports_its_documented_structures():
-    assert {m for m, s in METHODS.items() if s.supports("channels")} == {"fasp", "spap", "flap", "admm"}
-    assert {m for m, s in METHODS.items() if s.supports("nm")} == {"magnitude", "wanda", "sparsegpt", "mrp",
-                                                                    "fista", "admm"}
+    methods = builtin_methods()
+    assert {m for m, s in methods.items() if s.supports(Structure("channels"))} == {"fasp", "spap", "flap", "admm"}
+    assert {m for m, s in methods.items() if s.supports(Structure("nm", 2, 4))} == {
+        "magnitude", "wanda", "sparsegpt", "mrp", "fista", "admm"}
 
 
 def test_unknown_method_option_names_valid_fields():
@@ -80,10 +114,13 @@ def test_unknown_method_option_names_valid_fields():
 
     from prunekit.formulations import LayerData, Unstructured
 
+    method = resolve_method("wanda")
     layer = LayerData.from_inputs(torch.randn(4, 8), torch.randn(32, 8))
-    with pytest.raises(FormulationError, match="valid options"):
-        build_formulation("wanda", layer, Unstructured(0.5), {"alpha": 1.0})
-    assert build_formulation("wanda", layer, Unstructured(0.5), {"variant": False}).sparsity == Unstructured(0.5)
+    with pytest.raises(FormulationError, match="its options are its fields"):
+        method.formulation_for(layer, Unstructured(0.5), {"alpha": 1.0})
+    with pytest.raises(FormulationError, match="unknown option"):
+        Recipe(method="wanda", options={"alpha": 1.0})
+    assert method.formulation_for(layer, Unstructured(0.5), {"variant": False}).sparsity == Unstructured(0.5)
 
 
 def test_units_pruned_keeps_ceil_and_rounds_widths_up():

@@ -75,13 +75,17 @@ class GPT2Adapter(FamilyAdapter):
                                    upstream={f"{p}.attn.c_attn": tuple((2 * e + c,) for c in range(e))}))
         return groups
 
+    def fix_block(self, model: nn.Module, index: int) -> None:
+        block = self.blocks(model)[index]
+        n, _, hd = self.attention_counts(model, index)
+        block.attn.num_heads = n
+        block.attn.split_size = n * hd
+
     def fix_config(self, model: nn.Module) -> None:
         heads, inner = set(), set()
         for i, block in enumerate(self.blocks(model)):
-            n, _, hd = self.attention_counts(model, i)
-            block.attn.num_heads = n
-            block.attn.split_size = n * hd
-            heads.add(n)
+            self.fix_block(model, i)
+            heads.add(self.attention_counts(model, i)[0])
             inner.add(block.mlp.c_proj.weight.shape[0])
         if heads:
             model.config.n_head = max(heads)

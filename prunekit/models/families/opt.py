@@ -62,12 +62,14 @@ class OPTAdapter(FamilyAdapter):
                                    upstream={f"{p}.self_attn.v_proj": chans}))
         return groups
 
+    def fix_block(self, model: nn.Module, index: int) -> None:
+        self.blocks(model)[index].self_attn.num_heads = self.attention_counts(model, index)[0]
+
     def fix_config(self, model: nn.Module) -> None:
         heads, ffn = set(), set()
         for i, block in enumerate(self.blocks(model)):
-            n, _, _ = self.attention_counts(model, i)
-            block.self_attn.num_heads = n
-            heads.add(n)
+            self.fix_block(model, i)
+            heads.add(self.attention_counts(model, i)[0])
             ffn.add(block.fc2.in_features)
         if heads:
             model.config.num_attention_heads = max(heads)

@@ -1,0 +1,250 @@
+"""Disk to disk: prune a checkpoint into an output folder, block by block, resumable (what ``prunekit prune`` runs).
+
+:func:`prune_checkpoint` is the whole walk, each step one call with a typed value:
+
+1. ``Recipe.coerce`` -- the typed recipe (method = a formulation class, structure parsed once);
+2. ``checkpoint_folder`` -- a local safetensors folder for the model (hub id, folder, GGUF, built-in);
+3. ``OutputFolder.open`` -- every output check (path, ownership, lock, free space) *before* anything is loaded;
+4. ``CheckpointBlocks`` -- the model opened on the meta device, its tensors checked against its config;
+5. calibration windows; ``allocate`` when the recipe allocates non-uniformly (persisted for ``resume``);
+6. ``runner.run`` into a ``CheckpointSink``: each block is read from the input shards, pruned, written to its own
+   output shard in the checkpoint's dtype and committed as a resume point;
+7. ``finalize`` -- the tensors outside the blocks, the stock layout (``export.stock_layout``: config flags, exact
+   padding), config / tokenizer files, the shard index;
+8. optional perplexity before (input) and after (the written output, loaded by stock ``from_pretrained``);
+9. ``report.json`` + ``plot.png``, then ``OutputFolder.finish``: the one atomic rename.
+
+Host memory stays O(embeddings + one block) except for the optional perplexity, which loads whole models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from .recipe import Recipe
+from .records import RunReport, versions
+
+log = logging.getLogger("prunekit.pipeline")
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+                   "generation_config.json")
+REST_SHARD = "model-rest.safetensors"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Perplexity before/after (methods.md §2): ``data`` ("wikitext2" test or a text file), ``seqlen`` (None = the
+    calibration seqlen), the first ``windows`` windows (None = all)."""
+
+    data: str = "wikitext2"
+    seqlen: Optional[int] = None
+    windows: Optional[int] = None
+
+
+def fingerprint(recipe: Recipe, model: str, folder: Path, reader) -> dict[str, Any]:
+    """What must not change between a killed run and its ``--resume``: recipe, model identity and tensor layout."""
+    names = hashlib.sha256("\n".join(f"{n}:{reader.shape(n)}" for n in reader.names).encode()).hexdigest()[:16]
+    return {"recipe": recipe.to_dict(), "model": {"name": str(model), "folder": str(folder.resolve()),
+                                                  "bytes": reader.total_bytes, "tensors": names}}
+
+
+def prune_checkpoint(model: Union[str, Path], recipe: Union[Recipe, Mapping[str, Any], str], out: Union[str, Path], *,
+                     overwrite: bool = False, resume: bool = False, device="cpu", progress: bool = True,
+                     data_dir=None, cache_dir=None, evaluate: Optional[EvalSettings] = None,
+                     on_block=None, echo=print) -> RunReport:
+    """Prune checkpoint ``model`` with ``recipe`` into folder ``out`` (see the module docstring).
+
+    Parameters
+    ----------
+    model : hub id, local HF folder, ``.gguf`` file or built-in name (``smollm2-135m``).
+    overwrite : replace an earlier prunekit output (never a folder prunekit did not write) or discard an
+        unfinished run at ``out``.
+    resume : continue an unfinished run with the same settings from its last committed block.
+    evaluate : perplexity before and after (loads whole models; everything else streams).
+    echo : where progress lines go (``print``), or None.
+    """
+    from .checkpoint import CheckpointReader
+    from .output import OutputFolder
+    from .sinks import CheckpointSink
+    from .sources import checkpoint_folder
+    from .stores import CheckpointBlocks
+
+    start = time.perf_counter()
+    say = echo or (lambda *a, **k: None)
+    recipe = Recipe.coerce(recipe)
+    folder = checkpoint_folder(model, cache_dir=cache_dir)
+    reader = CheckpointReader(folder)
+    output = OutputFolder.open(out, overwrite=overwrite, resume=resume,
+                               fingerprint=fingerprint(recipe, str(model), folder, reader),
+                               needed_bytes=int(reader.total_bytes * 1.1) + (64 << 20), protected=[folder])
+    try:
+        for note in output.notes:
+            say(f"prunekit: {note}")
+        store = CheckpointBlocks(folder)
+        tokenizer = _tokenizer(folder)
+        sink = CheckpointSink(output)
+        if sink.resume_from:
+            say(f"resuming {output.out}: {sink.resume_from} of {len(store)} blocks already committed", flush=True)
+        tokens = _calibration(recipe, tokenizer, folder, data_dir)
+        ratios = _ratios(store, recipe, tokens, sink, device=device, progress=progress)
+        t0 = time.perf_counter()
+        from .runner import run
+
+        plan = run(store, recipe, tokens, sink, device=device, progress=progress, ratios=ratios, on_block=on_block)
+        prune_s = time.perf_counter() - t0
+        layout = finalize(store, sink, output, folder)
+        report = RunReport(
+            recipe=recipe.to_dict(), model=str(model), family=store.adapter.name, mode=recipe.mode,
+            device=str(device), calibration_shape=tuple(tokens.shape),
+            params_before=_numel(reader, reader.names), params_after=_numel_written(output),
+            time_prune_s=prune_s, resumed_from_block=sink.resume_from, output_format=layout.format,
+            output_dtype=str(store.dtype).replace("torch.", ""), layers=list(plan.records),
+            notes=list(layout.notes), versions=versions())
+        if evaluate is not None:
+            _perplexities(report, evaluate, folder, output.partial, tokenizer, recipe, data_dir, device, say)
+        report.time_total_s = time.perf_counter() - start
+        output.write_json("report.json", report.to_dict())
+        plan.save(output.path("plan"))
+        _plot(report, output.path("plot.png"), f"{model}: {recipe.method.name} {recipe.structure} {recipe.sparsity}")
+        output.finish({"format": layout.format, "method": recipe.method.name, "structure": str(recipe.structure)})
+        return report
+    finally:
+        output.close()
+
+
+def _tokenizer(folder: Path):
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def _calibration(recipe: Recipe, tokenizer, folder: Path, data_dir) -> torch.Tensor:
+    from ..data import calibration_windows
+    from ..errors import DataError
+
+    c = recipe.calibration
+    if c.source == "self":  # sampling text needs the whole model once (small models only)
+        from transformers import AutoModelForCausalLM
+
+        whole = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        try:
+            return calibration_windows(tokenizer, "self", c.nsamples, c.seqlen, c.seed, model=whole)
+        finally:
+            del whole
+    if tokenizer is None:
+        raise DataError(f"no tokenizer in {folder}, so calibration text cannot be tokenized. Fix: save the tokenizer "
+                        f"next to the model.")
+    return calibration_windows(tokenizer, c.source, c.nsamples, c.seqlen, c.seed, data_dir=data_dir)
+
+
+def _ratios(store, recipe: Recipe, tokens, sink, *, device, progress) -> Optional[dict[str, float]]:
+    if recipe.allocation == "uniform":
+        return None
+    if "ratios" in sink.extra:
+        return dict(sink.extra["ratios"])
+    from .allocate import allocate
+
+    ratios = allocate(store, recipe, tokens, device=device, progress=progress)
+    sink.save_extra(ratios=ratios)
+    return ratios
+
+
+def finalize(store, sink, output, source: Path):
+    """Write the tensors outside the blocks, apply the stock layout to every shard it affects, and write
+    config.json, the tokenizer files and the shard index into the partial output."""
+    from safetensors.torch import load_file
+
+    from .checkpoint import ShardWriter, release_
+    from .export import stock_layout
+    from .surgery import fix_config_
+
+    fix_config_(store.model, store.adapter)
+    layout = stock_layout(store.model)
+    rest = store.reader.load(store.outside_names())
+    writer = sink.writer
+    writer.write(REST_SHARD, layout.transform(rest))
+    del rest
+    for index in range(len(store)):
+        name = sink_shard(index)
+        if any(layout.affects(k) for k in _shard_names(output.path(name))):
+            writer.write(name, layout.transform(load_file(str(output.path(name)))))
+    import json
+
+    from .saving import output_config
+
+    base = json.loads((source / "config.json").read_text())
+    config = output_config(store.model, layout, base)
+    config["torch_dtype"] = config["dtype"] = str(store.dtype).replace("torch.", "")
+    output.write_json("config.json", config)
+    for fname in TOKENIZER_FILES:
+        if (source / fname).is_file():
+            output.write_file(fname, (source / fname).read_bytes())
+    ShardWriter(output.partial).finalize()
+    release_(store.model)
+    return layout
+
+
+def sink_shard(index: int) -> str:
+    from .sinks import block_shard
+
+    return block_shard(index)
+
+
+def _shard_names(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return list(fh.keys())
+
+
+def _numel(reader, names) -> int:
+    total = 0
+    for n in names:
+        size = 1
+        for d in reader.shape(n):
+            size *= d
+        total += size
+    return total
+
+
+def _numel_written(output) -> int:
+    from .checkpoint import CheckpointReader
+
+    reader = CheckpointReader(output.partial)
+    return _numel(reader, [n for n in reader.names if not n.endswith(("in_index", "out_index"))])
+
+
+def _perplexities(report: RunReport, settings: EvalSettings, source: Path, written: Path, tokenizer, recipe,
+                  data_dir, device, say) -> None:
+    from ..data import evaluation_tokens
+    from ..evaluate import perplexity
+    from .saving import load_pruned
+
+    tokens = evaluation_tokens(tokenizer, settings.data, data_dir)
+    seqlen = settings.seqlen or recipe.calibration.seqlen
+    for key, path, label in (("ppl_before", source, "before"), ("ppl_after", written, "after")):
+        model, _ = load_pruned(path, dtype=torch.float32)
+        result = perplexity(model, tokens, seqlen, settings.windows, device=device)
+        setattr(report, key, result)
+        del model
+        say(f"perplexity {label}: {result['ppl']:.3f} (seqlen {seqlen}, {result['windows']} windows)", flush=True)
+
+
+def _plot(report: RunReport, path: Path, title: str) -> None:
+    from ..cli.plot import plot_layers
+
+    plot_layers(report.layers, path, title)
+
+
+__all__ = ["EvalSettings", "fingerprint", "finalize", "prune_checkpoint"]

@@ -1,0 +1,115 @@
+"""Block sinks: what the runner does with each pruned block (design.md: mutation lives in one place).
+
+The runner hands every finished block to a sink as ``commit(index, pruned_block, block_plan)``:
+
+* :class:`PlanSink` -- keeps the block's edits (new weights in memory, kept units, records); the model is left
+  alone (``prunekit.plan``);
+* :class:`ModelSink` -- puts the pruned block into the model in place of the original (``prunekit.prune`` on a
+  model object); the plan keeps kept units and records, not a second copy of the weights;
+* :class:`CheckpointSink` -- writes the block to its own safetensors shard in the output's working folder in the
+  checkpoint's dtype, then commits a resume point atomically (``prunekit_progress.json``: blocks done, their kept
+  units and records).  :meth:`CheckpointSink.committed` rebuilds a committed block from its shard, so a resumed
+  run propagates calibration inputs through exactly the tensors an uninterrupted run used.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .plan import GroupEdit, PruningPlan
+from .records import LayerRecord
+from .surgery import load_block_state_, pruned_block, replace_block_
+
+PROGRESS_KEY = "blocks"
+
+
+def block_shard(index: int) -> str:
+    return f"model-block-{index:05d}.safetensors"
+
+
+class PlanSink:
+    """Collects edits; the model is not changed."""
+
+    resume_from = 0
+
+    def __init__(self):
+        self.plan = PruningPlan()
+
+    def commit(self, store, index: int, block: nn.Module, block_plan: PruningPlan) -> None:
+        self.plan.merge_(block_plan, keep_weights=True)
+
+
+class ModelSink(PlanSink):
+    """Replaces each block of the model by its pruned copy (in place)."""
+
+    def commit(self, store, index: int, block: nn.Module, block_plan: PruningPlan) -> None:
+        replace_block_(store.model, store.adapter, index, block)
+        self.plan.merge_(block_plan, keep_weights=False)
+
+
+class CheckpointSink(PlanSink):
+    """Writes each pruned block to a shard of the output folder and commits a resume point."""
+
+    def __init__(self, output, fingerprint_recipe: Optional[dict] = None):
+        from .checkpoint import ShardWriter
+
+        super().__init__()
+        self.output = output
+        self.writer = ShardWriter(output.partial)
+        state = output.read_state() if output.resumed else {}
+        self._done: list[dict] = list(state.get(PROGRESS_KEY, []))
+        self.extra: dict = dict(state.get("extra", {}))
+        self.resume_from = len(self._done)
+        for entry in self._done:
+            self.plan.records.extend(LayerRecord.from_dict(r) for r in entry["records"])
+            self.plan.group_edits.update({k: GroupEdit(**{**g, "kept_units": tuple(g["kept_units"])})
+                                          for k, g in entry["group_edits"].items()})
+
+    def save_extra(self, **values) -> None:
+        """Persist run-level values a resume needs (e.g. allocated ratios) in the progress file."""
+        self.extra.update(values)
+        self._write_state()
+
+    def _write_state(self) -> None:
+        self.output.write_state({PROGRESS_KEY: self._done, "extra": self.extra})
+
+    def commit(self, store, index: int, block: nn.Module, block_plan: PruningPlan) -> None:
+        prefix = store.adapter.block_prefix(store.model, index)
+        tensors = {f"{prefix}.{k}": v.detach().to("cpu").contiguous() for k, v in block.state_dict().items()}
+        self.writer.write(block_shard(index), tensors)
+        replace_block_(store.model, store.adapter, index, block)
+        self.plan.merge_(block_plan, keep_weights=False)
+        self._done.append({
+            "block": index,
+            "records": [r.to_dict() for r in block_plan.records],
+            "group_edits": {k: {"group": g.group, "kind": g.kind, "kept_units": list(g.kept_units),
+                                "num_units": g.num_units} for k, g in block_plan.group_edits.items()},
+        })
+        self._write_state()
+
+    def committed(self, store, index: int) -> nn.Module:
+        """The pruned block ``index`` as committed (shapes from its kept units, tensors from its shard)."""
+        from safetensors.torch import load_file
+
+        prefix = store.adapter.block_prefix(store.model, index)
+        entry = self._done[index]
+        groups = {k: GroupEdit(**{**g, "kept_units": tuple(g["kept_units"])}) for k, g in entry["group_edits"].items()}
+        store.load(index)
+        block = pruned_block(store.model, store.adapter, index, PruningPlan(group_edits=groups))
+        state = load_file(str(self.output.path(block_shard(index))))
+        load_block_state_(block, {k[len(prefix) + 1:]: v for k, v in state.items()})
+        replace_block_(store.model, store.adapter, index, block)
+        return block
+
+
+def as_compute(block: nn.Module, device, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``block`` on ``device`` in ``dtype`` for propagation (the block itself is untouched)."""
+    import copy
+
+    return copy.deepcopy(block).to(device=device, dtype=dtype).eval()
+
+
+__all__ = ["CheckpointSink", "ModelSink", "PlanSink", "as_compute", "block_shard"]

@@ -1,0 +1,127 @@
+"""Resumable runs (prunekit.models.pipeline + sinks): kill -9 at any moment, then --resume gives tensors identical to
+an uninterrupted run, solving only the blocks that were not committed; different settings refuse to resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from _checkpoints import calibration_file, recipe_dict, tensors_of, write_checkpoint
+from prunekit.errors import ModelError
+from prunekit.models.pipeline import prune_checkpoint
+
+pytestmark = pytest.mark.hf
+
+LAYERS = 5
+RUN = """
+import json, os, signal, sys
+from prunekit.models.pipeline import prune_checkpoint
+src, recipe, out, kill_after = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+def on_block(index, seconds):
+    if index == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+prune_checkpoint(src, recipe, out, progress=False, echo=None, on_block=on_block)
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    src = write_checkpoint(root / "src", layers=LAYERS, dtype=torch.bfloat16)
+    recipe = recipe_dict(calibration_file(root), method="sparsegpt", structure="unstructured", sparsity=0.5)
+    reference = root / "reference"
+    prune_checkpoint(src, recipe, reference, progress=False, echo=None)
+    return root, src, recipe, tensors_of(reference)
+
+
+def _spawn(src, recipe, out, kill_after=-1) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", RUN, str(src), json.dumps(recipe), str(out), str(kill_after)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _count_solved_blocks(monkeypatch) -> list[int]:
+    from prunekit.models import runner
+
+    solved = []
+    original = runner.prune_block
+
+    def counting(store, index, *args, **kwargs):
+        solved.append(index)
+        return original(store, index, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "prune_block", counting)
+    return solved
+
+
+def _assert_identical(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_kill_after_a_committed_block_then_resume_is_identical_and_solves_only_the_rest(setup, monkeypatch):
+    root, src, recipe, reference = setup
+    out = root / "killed"
+    proc = _spawn(src, recipe, out, kill_after=2)
+    assert proc.wait(timeout=120) == -signal.SIGKILL
+    assert not out.exists(), "a killed run must leave nothing that looks finished at --out"
+    solved = _count_solved_blocks(monkeypatch)
+    report = prune_checkpoint(src, recipe, out, resume=True, progress=False, echo=None)
+    assert report.resumed_from_block == 3 and solved == [3, 4]
+    assert len(report.layers) == 7 * LAYERS  # records of the committed blocks are kept
+    _assert_identical(tensors_of(out), reference)
+
+
+@pytest.mark.parametrize("delay", [0.0, 1.5, 3.0])
+def test_kill_at_an_arbitrary_moment_then_resume_is_identical(setup, delay):
+    """kill -9 after ``delay`` seconds, wherever the run is (start-up, mid block, writing a shard, finishing)."""
+    root, src, recipe, reference = setup
+    out = root / f"killed-{delay}"
+    proc = _spawn(src, recipe, out)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    if out.exists():  # the run finished before the kill: it must then be complete
+        _assert_identical(tensors_of(out), reference)
+        return
+    prune_checkpoint(src, recipe, out, resume=True, progress=False, echo=None)
+    _assert_identical(tensors_of(out), reference)
+
+
+def test_resume_with_other_settings_is_refused_and_says_why(setup):
+    root, src, recipe, _ = setup
+    out = root / "other-settings"
+    assert _spawn(src, recipe, out, kill_after=1).wait(timeout=120) == -signal.SIGKILL
+    changed = dict(recipe, sparsity=0.6)
+    with pytest.raises(ModelError, match=r"recipe\.sparsity"):
+        prune_checkpoint(src, changed, out, resume=True, progress=False, echo=None)
+    with pytest.raises(ModelError, match="--resume"):  # without --resume, the unfinished run is not discarded
+        prune_checkpoint(src, recipe, out, progress=False, echo=None)
+    partial = Path(out.parent) / f".{out.name}.prunekit-partial"
+    assert partial.is_dir(), "the unfinished run must survive refused attempts"
+
+
+def test_second_run_on_the_same_out_is_locked_out(setup):
+    root, src, recipe, _ = setup
+    out = root / "locked"
+    proc = _spawn(src, recipe, out)
+    deadline = time.time() + 60
+    lock = out.parent / f".{out.name}.prunekit.lock"
+    while not lock.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    try:
+        if proc.poll() is None:
+            with pytest.raises(ModelError, match="another prunekit run"):
+                prune_checkpoint(src, recipe, out, progress=False, echo=None)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert os.path.exists(out.parent)
