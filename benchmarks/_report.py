@@ -39,43 +39,13 @@ def _rid(method: str, setting: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- per-layer data
-def layer_rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per-layer entries of a run's report: dicts with 'name' and, where present, 'sparsity' and 'rel_error'.
+def layer_rows(rec: dict[str, Any]) -> list:
+    """The per-layer records of a run: ``rec["report"]["layers"]`` (``RunReport.to_dict()``) read back as typed
+    ``LayerRecord``s (fields ``block``, ``sparsity``, ``relative_error``, ...); [] for a run without a report."""
+    from prunekit.models.records import LayerRecord
 
-    Accepts the shapes a report may take: {"layers": [ {...}, ... ]}, {"layers": {name: {...}}}, or a list.
-    """
-    report = rec.get("report")
-    if isinstance(report, dict):
-        items = report.get("layers", report.get("modules", report.get("per_layer")))
-    else:
-        items = report
-    if isinstance(items, dict):
-        items = [{"name": k, **v} for k, v in items.items() if isinstance(v, dict)]
-    if not isinstance(items, list):
-        return []
-    out = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            continue
-        row = {"name": item.get("name") or item.get("module") or item.get("group") or str(i), "block": item.get("block", i)}
-        for key in ("sparsity", "achieved_sparsity", "kept_fraction"):
-            if isinstance(item.get(key), (int, float)):
-                row["sparsity"] = 1 - item[key] if key == "kept_fraction" else item[key]
-                break
-        for key in ("rel_error", "relative_error", "rel_reconstruction_error", "normalized_error"):
-            if isinstance(item.get(key), (int, float)):
-                row["rel_error"] = item[key]
-                break
-        else:
-            err = next((item[k] for k in ("reconstruction_error", "objective", "error")
-                        if isinstance(item.get(k), (int, float))), None)
-            energy = next((item[k] for k in ("dense_energy", "energy") if isinstance(item.get(k), (int, float))), None)
-            if err is not None:
-                row["error"] = err
-                if energy:
-                    row["rel_error"] = err / energy
-        out.append(row)
-    return out
+    report = rec.get("report") or {}
+    return [LayerRecord.from_dict(row) for row in report.get("layers", [])]
 
 
 # ----------------------------------------------------------------------------------------------- targets
@@ -195,9 +165,9 @@ def table_rows(runs: dict[str, dict[str, Any]], plan: list[str]) -> list[list[An
             notes = []
             if recipe.get("attention", "none") != "none":
                 notes.append(f"attention={recipe['attention']}")
-            if recipe.get("method_options"):
-                notes.append(f"{recipe.get('method')} with " + ", ".join(
-                    f"{k}={v!r}" for k, v in recipe["method_options"].items()))
+            options = recipe.get("options", recipe.get("method_options"))  # method_options: version-1 result files
+            if options:
+                notes.append(f"{recipe.get('method')} with " + ", ".join(f"{k}={v!r}" for k, v in options.items()))
             mode = (recipe.get("calibration") or {}).get("mode", "auto")
             if mode != "auto":
                 notes.append(f"calibration mode {mode}")
@@ -287,13 +257,12 @@ def make_plots(runs: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
                 rec = runs[k]
                 if rec.get("setting") != setting:
                     continue
-                blocks: dict[int, list[dict]] = {}
-                for i, r in enumerate(rows):
-                    b = r.get("block", i)
-                    blocks.setdefault(int(b) if isinstance(b, (int, float)) else i, []).append(r)
+                blocks: dict[int, list] = {}
+                for r in rows:
+                    blocks.setdefault(r.block, []).append(r)
                 xs = sorted(blocks)
-                sp = [_mean([r.get("sparsity") for r in blocks[b]]) for b in xs]
-                er = [_mean([r.get("rel_error") for r in blocks[b]]) for b in xs]
+                sp = [_mean([r.sparsity for r in blocks[b]]) for b in xs]
+                er = [_mean([r.relative_error for r in blocks[b]]) for b in xs]
                 style = dict(color=colors.get(rec["method"], "k"), lw=1.2, marker=".", label=rec["method"])
                 pts = [(x, v) for x, v in zip(xs, sp) if v is not None]
                 if pts:

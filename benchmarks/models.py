@@ -18,6 +18,9 @@ Protocol (fixed; recorded in every JSON and in RESULTS.md):
   per-layer report, and for physically smaller models tokens/s and memory at batch 1 x 512 against the dense
   model (median of timed forwards after warm-up, interleaved dense/pruned, same thread count).
 
+Method names are those of ``prunekit.models.methods.builtin_methods()`` plus the variant rows of ``VARIANTS``; each
+run's ``report`` is ``PruneResult.report.to_dict()`` (a ``RunReport``: ``layers`` = LayerRecord dicts).
+
 Each run executes in a fresh subprocess (``--isolation process``, the default) with a timeout, so RSS peaks are
 per run and a crash cannot take the table down; finished runs (``results/<run>.json``) are skipped unless
 ``--force`` (``--retry-failed`` re-runs only failed ones).  ``benchmarks/RESULTS.md`` and the plots are
@@ -52,7 +55,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 UNSTRUCTURED_METHODS = ("wanda", "magnitude", "sparsegpt", "mrp", "fista", "fista_refit", "fista_fraction",
                         "fista_seq")  # run order
-# Variants: a table row = a pipeline method with formulation options (``Recipe.method_options``) and, optionally, a
+# Variants: a table row = a pipeline method with formulation options (``Recipe.options``) and, optionally, a
 # calibration mode (``CalibrationSettings.mode``; None = the method's own).  The FISTA options are marked [derived]
 # in prunekit.formulations.l1: ``refit`` re-solves the least squares on the final support; ``lambda_init="fraction"``
 # is the earlier initial-lambda rule (1e-2 lambda_max), kept as a row so the effect of the default ``"kkt"`` stays
@@ -77,15 +80,17 @@ def run_id(method: str, setting: str) -> str:
 
 
 def channel_methods() -> list[str]:
-    """fasp, flap, spap, admm, then any other method of the method table that supports channels."""
-    out = list(CHANNEL_METHODS)
-    try:
-        from prunekit.models.methods import METHODS
+    """fasp, flap, spap, admm, then any other built-in method whose formulation supports channels."""
+    from prunekit.models.methods import builtin_methods
 
-        out += [m for m, spec in METHODS.items() if spec.supports("channels") and m not in out]
-    except Exception:  # pipeline not importable yet: the fixed list
-        pass
+    out = list(CHANNEL_METHODS)
+    out += [name for name, method in builtin_methods().items() if "channels" in method.structures and name not in out]
     return out
+
+
+def base_method(method: str) -> str:
+    """The built-in method behind a table row (a variant's base, else the row's own name)."""
+    return VARIANTS[method][0] if method in VARIANTS else method
 
 
 def plan_runs(methods: Optional[list[str]], settings: Optional[list[str]]) -> list[tuple[str, str]]:
@@ -98,6 +103,12 @@ def plan_runs(methods: Optional[list[str]], settings: Optional[list[str]]) -> li
     for setting, ms in order:
         for m in ms:
             runs.append((m, setting))
+    from prunekit.models.methods import builtin_methods
+
+    builtin = builtin_methods()
+    stale = sorted({m for m, _ in runs if m != DENSE and base_method(m) not in builtin})
+    if stale:
+        raise SystemExit(f"benchmark rows name no built-in method: {stale}; built-in: {sorted(builtin)}")
     if methods:
         wanted = set(methods) | {DENSE}
         unknown = set(methods) - {m for m, _ in runs}
@@ -143,14 +154,8 @@ def load(args):
         return smoke_model()
     from prunekit.models.sources import load_model
 
-    loaded = load_model(args.model)
-    if isinstance(loaded, tuple):
-        model, tokenizer = loaded[0], loaded[1]
-    else:
-        model = getattr(loaded, "model", loaded)
-        tokenizer = getattr(loaded, "tokenizer", None)
-    model.eval()
-    return model, tokenizer
+    model, tokenizer = load_model(args.model)
+    return model.eval(), tokenizer
 
 
 def count_params(model) -> dict[str, int]:
@@ -236,21 +241,6 @@ def protocol(args) -> dict[str, Any]:
     }
 
 
-def _report_to_json(report: Any) -> Any:
-    """Best-effort JSON form of ``PruneResult.report`` (to_dict / dataclass / mapping / list)."""
-    import dataclasses
-
-    if report is None:
-        return None
-    if hasattr(report, "to_dict"):
-        return report.to_dict()
-    if dataclasses.is_dataclass(report):
-        return dataclasses.asdict(report)
-    if isinstance(report, (dict, list, str, int, float, bool)):
-        return json.loads(json.dumps(report, default=lambda o: o.item() if hasattr(o, "item") else repr(o)))
-    return repr(report)
-
-
 def build_recipe(method: str, setting: str, args):
     from prunekit.models.recipe import CalibrationSettings, Recipe
 
@@ -258,7 +248,7 @@ def build_recipe(method: str, setting: str, args):
     attention = ATTENTION_MODE.get(method, "none") if spec["attention"] == "auto" else spec["attention"]
     base, options, mode = VARIANTS.get(method, (method, {}, None))
     return Recipe(method=base, structure=spec["structure"], sparsity=spec["sparsity"], attention=attention,
-                  method_options=options,
+                  options=options,
                   calibration=CalibrationSettings(source="wikitext2", nsamples=args.nsamples, seqlen=args.seqlen,
                                                   seed=0, mode=mode or "auto"))
 
@@ -316,7 +306,7 @@ def worker(args, method: str, setting: str) -> dict[str, Any]:
                 rec["prune_cpu_s"] = time.process_time() - c0  # CPU seconds of this process (all threads)
             rec["load_avg_after_prune"] = [round(v, 2) for v in os.getloadavg()]
             rec["prune_memory"] = pm.to_dict()
-            rec["report"] = _report_to_json(getattr(result, "report", None))
+            rec["report"] = result.report.to_dict()  # RunReport: recipe, parameters, times, per-layer records
             phase = "perplexity"
             rec["perplexity"] = perplexity(model, eval_tokens, seqlen_eval, windows=windows)
             rec["params_after"] = count_params(model)

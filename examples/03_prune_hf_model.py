@@ -56,9 +56,9 @@ def main() -> None:
                   calibration=CalibrationSettings(source="self", nsamples=8, seqlen=SEQLEN))
     model = copy.deepcopy(dense)
     plan = prunekit.plan(model, fasp, calib, progress=False)
-    for row in plan.layers:
-        print(f"  {row['group']}: kept {row['kept_units']}/{row['num_units']} channels, "
-              f"relative error {row['relative_error']:.4f}")
+    for row in plan.records:  # one typed LayerRecord per coupled group (here: the MLP channels of a block)
+        print(f"  {row.group}: kept {row.kept_units}/{row.num_units} channels, "
+              f"relative error {row.relative_error:.4f}")
     prunekit.apply_(model, plan)
     after = perplexity(model, eval_tokens, SEQLEN)
     print(f"fasp channels 0.3: {n_params(model):,} parameters, ppl {after['ppl']:.2f}")
@@ -70,8 +70,8 @@ def main() -> None:
         print(f"  reloaded from {out.name}/: {n_params(reloaded):,} parameters, ppl {again['ppl']:.2f}")
         assert abs(again["ppl"] - after["ppl"]) < 1e-3 * after["ppl"]
 
-    # 2) SparseGPT 2:4 in one call: prune() = apply_(model, plan(...)), mutating the model in place.
-    sgpt = Recipe(method="sparsegpt", structure="2:4", sparsity=0.5,
+    # 2) SparseGPT 2:4 in one call: prune() prunes the model in place, block by block (2:4 fixes sparsity 0.5).
+    sgpt = Recipe(method="sparsegpt", structure="2:4",
                   calibration=CalibrationSettings(source="self", nsamples=8, seqlen=SEQLEN))
     model = copy.deepcopy(dense)
     result = prunekit.prune(model, sgpt, calib, progress=False)
@@ -80,8 +80,9 @@ def main() -> None:
             zeros = (module.weight.reshape(module.weight.shape[0], -1, 4) == 0).sum(-1)
             assert bool((zeros >= 2).all()), f"{name} is not 2:4"
     ppl = perplexity(model, eval_tokens, SEQLEN)["ppl"]
-    print(f"sparsegpt 2:4: nonzero {result.report['nonzero_params_before']:,} -> "
-          f"{result.report['nonzero_params_after']:,}, ppl {ppl:.2f}")
+    report = result.report  # a typed RunReport (report.to_dict() is the JSON the CLI writes)
+    print(f"sparsegpt 2:4: nonzero {report.nonzero_params_before:,} -> {report.nonzero_params_after:,}, "
+          f"ppl {ppl:.2f}, worst layer relative error {max(r.relative_error for r in report.layers):.4f}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@
    channel pairs).
 2. A ``Recipe`` (FLAP with global adaptive allocation AL-AM over MLP channels *and* attention heads) is written
    to JSON and read back.
-3. ``prunekit.plan`` leaves the model untouched and returns a ``PruningPlan``; the plan is saved to a folder,
-   loaded again and replayed with ``prunekit.apply_`` -- the replayed model equals the directly pruned one.
+3. ``prunekit.plan`` leaves the model untouched and returns a ``PruningPlan`` (kept units, new weights in memory,
+   one typed ``LayerRecord`` per coupled group); the plan is saved to a folder with its weights
+   (``include_weights=True``: plan.json + plan.safetensors), loaded again and replayed with ``prunekit.apply_`` --
+   the replayed model equals the directly pruned one.
 4. The result has different widths per layer; ``save_pruned`` / ``load_pruned`` round-trip it exactly.
 
 Run:  python examples/05_graph_recipe_plan.py
@@ -55,11 +57,14 @@ def main() -> int:
         tmp = Path(tmp)
         recipe.save(tmp / "recipe.json")
         recipe = Recipe.load(tmp / "recipe.json")
-        print("recipe round-trips through JSON:", recipe.method, recipe.structure, recipe.allocation)
+        print("recipe round-trips through JSON:", recipe.method.name, recipe.structure, recipe.allocation)
 
         calib = calibration_windows(None, "self", nsamples=8, seqlen=32, seed=0, model=model)
         plan = prunekit.plan(model, recipe, calib, progress=False)
-        plan.save(tmp / "plan")
+        worst = max(plan.records, key=lambda r: r.relative_error)
+        print(f"{len(plan.records)} layer problems; worst: {worst.group} kept {worst.kept_units}/{worst.num_units} "
+              f"units, relative error {worst.relative_error:.4f}")
+        plan.save(tmp / "plan", include_weights=True)  # plan.json alone (the default) holds no weights to replay
         replayed = prunekit.apply_(copy.deepcopy(model), PruningPlan.load(tmp / "plan"))
         direct = prunekit.apply_(copy.deepcopy(model), plan)
         widths = [blk.mlp.down_proj.in_features for blk in direct.model.layers]

@@ -68,12 +68,13 @@ def _block_ids(blocks: Iterable[nn.Module]) -> set[int]:
 
 
 def _move_outside_blocks(model: nn.Module, blocks: nn.ModuleList, device) -> None:
-    """Move every parameter/buffer that is not inside a block (embeddings, norms, rotary, head) to ``device``."""
+    """Move every parameter/buffer that is not inside a block (embeddings, norms, rotary, head) to ``device``
+    (meta tensors of an accelerate-offloaded model stay: their hooks bring them to the execution device)."""
     inside = _block_ids(blocks)
     for module in model.modules():
         if id(module) in inside:
             continue
-        module._apply(lambda t: t.to(device), recurse=False)
+        module._apply(lambda t: t if t.device.type == "meta" else t.to(device), recurse=False)
 
 
 def capture_block_inputs(model: nn.Module, adapter, tokens: torch.Tensor, *, device="cpu",
@@ -84,7 +85,7 @@ def capture_block_inputs(model: nn.Module, adapter, tokens: torch.Tensor, *, dev
     """
     blocks = adapter.blocks(model)
     device = torch.device(device)
-    original = next(model.parameters()).device
+    original = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
     record: dict[str, Any] = {}
     hidden: list[torch.Tensor] = []
 

@@ -194,6 +194,13 @@ class OutputFolder:
             self._state = "closed"
         self._lock.release()
 
+    def discard(self) -> None:
+        """Delete the partial folder (prunekit's own, marker-checked) and release the lock: for writers that
+        cannot resume (``save_pruned``).  Idempotent."""
+        if self._state == "open" and self.partial.is_dir() and (self.partial / PARTIAL_MARKER).is_file():
+            _remove_ours(self.partial)
+        self.close()
+
     def __enter__(self) -> OutputFolder:
         return self
 

@@ -81,6 +81,7 @@ def prune_checkpoint(model: Union[str, Path], recipe: Union[Recipe, Mapping[str,
     say = echo or (lambda *a, **k: None)
     recipe = Recipe.coerce(recipe)
     folder = checkpoint_folder(model, cache_dir=cache_dir)
+    _refuse_rebuild_format(folder)
     reader = CheckpointReader(folder)
     output = OutputFolder.open(out, overwrite=overwrite, resume=resume,
                                fingerprint=fingerprint(recipe, str(model), folder, reader),
@@ -114,10 +115,26 @@ def prune_checkpoint(model: Union[str, Path], recipe: Union[Recipe, Mapping[str,
         output.write_json("report.json", report.to_dict())
         plan.save(output.path("plan"))
         _plot(report, output.path("plot.png"), f"{model}: {recipe.method.name} {recipe.structure} {recipe.sparsity}")
-        output.finish({"format": layout.format, "method": recipe.method.name, "structure": str(recipe.structure)})
+        from .saving import _infer_sparsity_kind, output_marker
+
+        output.finish(output_marker(layout, _infer_sparsity_kind(plan), method=recipe.method.name,
+                                    structure=str(recipe.structure)))
         return report
     finally:
         output.close()
+
+
+def _refuse_rebuild_format(folder: Path) -> None:
+    import json
+
+    from ..errors import ModelError
+    from .saving import REBUILD_MODEL_TYPE
+
+    config = folder / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("model_type") == REBUILD_MODEL_TYPE:
+        raise ModelError(f"{folder} is in prunekit's rebuild format (a bias no stock config can hold), which cannot be "
+                         f"streamed. Fix: load it with prunekit.load_pruned(path) and prune it in Python with "
+                         f"prunekit.prune(model, recipe, calibration).")
 
 
 def _tokenizer(folder: Path):

@@ -38,6 +38,7 @@ from ..errors import ModelError
 from .adapters import adapter_for
 
 FORMAT_VERSION = 2
+REBUILD_MODEL_TYPE = "prunekit-rebuild"
 SPEEDUP_KINDS = frozenset({"structured"})
 
 
@@ -83,9 +84,12 @@ def output_config(model: nn.Module, layout, base_config: Optional[dict] = None) 
     if layout.format == REBUILD:
         base = dict(base_config or getattr(model, "_prunekit_base_config", None) or model.config.to_dict())
         base.pop("prunekit", None)
-        config["prunekit"] = {"version": FORMAT_VERSION, "format": REBUILD, "family": adapter_for(model).name,
-                              "base_config": base, "linear_shapes": linear_shapes(model),
-                              "notes": list(layout.notes)}
+        # A model_type no stock loader knows: from_pretrained fails loudly instead of dropping tensors silently.
+        config = {"model_type": REBUILD_MODEL_TYPE, "architectures": ["PrunekitRebuild"],
+                  "note": "prunekit rebuild format: load with prunekit.load_pruned(path)",
+                  "prunekit": {"version": FORMAT_VERSION, "format": REBUILD, "family": adapter_for(model).name,
+                               "base_config": base, "linear_shapes": linear_shapes(model),
+                               "notes": list(layout.notes)}}
     return config
 
 
@@ -151,10 +155,21 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, *, plan=None, report: Opti
             plan.save(output.path("plan"))
         if report is not None:
             output.write_json("report.json", report)
-        return output.finish({"format": layout.format, "sparsity_kind": kind,
-                              "speedup_claimed": _speedup_claimed(kind), "added_parameters": layout.added_parameters})
+        return output.finish(output_marker(layout, kind))
+    except BaseException:
+        output.discard()  # not resumable: nothing of a failed save is kept
+        raise
     finally:
         output.close()
+
+
+def output_marker(layout, sparsity_kind: str, **extra) -> dict[str, Any]:
+    """The fields of ``prunekit_output.json``: format, what kind of sparsity, whether a speedup is claimed."""
+    return {"format": layout.format, "format_version": FORMAT_VERSION, "sparsity_kind": sparsity_kind,
+            "speedup_claimed": _speedup_claimed(sparsity_kind),
+            "note": ("pruned units physically removed" if _speedup_claimed(sparsity_kind) else
+                     "dense weights with zeros: no speedup claimed" if sparsity_kind != "dense" else "dense"),
+            "added_parameters": layout.added_parameters, **extra}
 
 
 def _chmod_like_mkdir(path: Path) -> None:
@@ -245,4 +260,4 @@ def load_pruned(path, dtype: torch.dtype = torch.float32, device="cpu"):
 
 
 __all__ = ["save_pruned", "load_pruned", "is_prunekit_folder", "linear_shapes", "output_config", "write_model_shards",
-           "FORMAT_VERSION"]
+           "FORMAT_VERSION", "output_marker"]

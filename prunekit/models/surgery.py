@@ -269,11 +269,22 @@ def apply_(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Apply ``plan`` to ``model`` **in place** (module edits, then physical removal of pruned units, then the
     config fix-up) and return the model.  The plan itself is not modified."""
     adapter = adapter_for(model)
+    _require_weights(plan)
     if getattr(model, "_prunekit_base_config", None) is None:  # the architecture to rebuild from (saving.py)
         model._prunekit_base_config = model.config.to_dict()
     if _apply_edits_(model, adapter, plan):
         adapter.fix_config(model)
     return model
+
+
+def _require_weights(plan: PruningPlan) -> None:
+    """A plan without its new weights (a pruned output's plan.json, or one saved without ``include_weights``)
+    records what was done; replaying it would silently skip the weight updates, so it is refused."""
+    missing = [k for k, e in plan.module_edits.items() if e.weight is None and e.bias is None]
+    if missing:
+        raise ModelError(f"this plan holds kept units and records but not the new weights of {len(missing)} modules "
+                         f"(e.g. {missing[0]}), so it cannot be replayed. Fix: replay a plan from prunekit.plan(...), "
+                         f"or one saved with plan.save(folder, include_weights=True).")
 
 
 @torch.no_grad()
@@ -328,6 +339,7 @@ def mask_model_(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """The masked twin of :func:`apply_`: module edits written, pruned units' downstream columns zeroed, no
     shape change (in place; returns the model)."""
     adapter = adapter_for(model)
+    _require_weights(plan)
     resolved = _resolve_groups(model, adapter, plan)
     for name, edit in plan.module_edits.items():
         write_module_edit_(model, adapter, edit.module or name, edit.weight, edit.bias)

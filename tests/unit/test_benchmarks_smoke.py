@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from prunekit.models.records import LayerRecord, RunReport
+
 pytestmark = pytest.mark.hf
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -136,6 +138,11 @@ def test_models_smoke_inline_and_resume(tmp_path, capsys):
         if rid != "dense":
             assert rec["prune_time_s"] > 0 and rec["prune_memory"]["peak_mib"] > 0
             assert rec["report"]["layers"], "per-layer report missing"
+            assert set(rec["report"]) == set(RunReport.__dataclass_fields__)  # RunReport.to_dict()
+            assert rec["recipe"]["options"] == {} and "method_options" not in rec["recipe"]
+            rows = _load("_report").layer_rows(rec)
+            assert len(rows) == len(rec["report"]["layers"]) and all(isinstance(r, LayerRecord) for r in rows)
+            assert all(0 <= r.relative_error < 1 for r in rows if r.status != "skipped")
     fasp = json.loads((out / "fasp-channels30.json").read_text())
     assert fasp["physically_smaller"] and fasp["params_after"]["total"] < fasp["params_before"]["total"]
     assert fasp["speedup"] > 0 and fasp["speed"]["pruned"]["batch"] == [1, 64]
@@ -156,6 +163,40 @@ def test_models_smoke_inline_and_resume(tmp_path, capsys):
     assert capsys.readouterr().out.count("exists (ok), skipped") == 4
 
 
+def test_variant_rows_pass_formulation_options_and_modes():
+    """Variant rows build ``Recipe(options=...)`` of a built-in method (names from ``builtin_methods()``)."""
+    from argparse import Namespace
+
+    from prunekit.models.methods import builtin_methods
+
+    models = _load("models")
+    args = Namespace(nsamples=2, seqlen=64)
+    refit = models.build_recipe("fista_refit", "unstructured50", args)
+    assert refit.method == builtin_methods()["fista"] and refit.options == {"refit": True}
+    assert refit.to_dict()["options"] == {"refit": True} and refit.mode == "dense_sequential"
+    seq = models.build_recipe("fista_seq", "2:4", args)
+    assert seq.options == {} and seq.mode == "sequential" and str(seq.structure) == "2:4" and seq.sparsity == 0.5
+    channels = models.build_recipe("fasp", "channels30_attn", args)
+    assert channels.attention == "vo_channels" and channels.structure.kind == "channels"
+    assert set(models.channel_methods()) == {n for n, m in builtin_methods().items() if "channels" in m.structures}
+    with pytest.raises(SystemExit, match="unknown method"):
+        models.plan_runs(["no_such_method"], None)
+
+
+def test_report_reads_typed_records_and_committed_results(tmp_path):
+    """The per-layer reader reads ``relative_error`` of the typed records; committed result files (their recipes
+    say ``method_options``) still give the same notes and per-layer rows."""
+    report = _load("_report")
+    committed = json.loads((BENCH / "results" / "fista_refit-unstructured50.json").read_text())
+    rows = report.layer_rows(committed)
+    assert rows and [r.relative_error for r in rows] == [r["relative_error"] for r in committed["report"]["layers"]]
+    new = json.loads(json.dumps(committed))
+    new["recipe"]["options"] = new["recipe"].pop("method_options")
+    notes = [report.table_rows({"x": rec}, ["x"])[0][-1] for rec in (committed, new)]
+    assert notes[0] == notes[1] and "fista with refit=True" in notes[0]
+    assert report.layer_rows({"status": "ok"}) == []
+
+
 def test_models_subprocess_isolation(tmp_path):
     out = tmp_path / "results"
     cmd = [sys.executable, str(BENCH / "models.py"), "--smoke", "--methods", "dense", "--out-dir", str(out),
@@ -165,3 +206,20 @@ def test_models_subprocess_isolation(tmp_path):
     rec = json.loads((out / "dense.json").read_text())
     assert rec["status"] == "ok" and rec["speed"]["dense"]["tokens_per_s"] > 0
     assert (out / "dense.log").exists()  # the worker's output, kept next to its JSON
+
+
+def test_report_only_rebuilds_the_committed_results(tmp_path):
+    """``models.py --report-only`` still reads every committed result file (written before the typed reports)."""
+    import shutil
+
+    models = _load("models")
+    out = tmp_path / "results"
+    shutil.copytree(BENCH / "results", out, ignore=shutil.ignore_patterns("*.log", "*.png"))
+    md = tmp_path / "RESULTS.md"
+    assert models.main(["--report-only", "--out-dir", str(out), "--md", str(md), "--no-plots",
+                        "--gpu-scale-json", str(tmp_path / "none.json")]) == 0
+    text = md.read_text()
+    assert "| fista_refit | 50% unstr. | ok |" in text and "fista with refit=True" in text
+    assert "## Runs not done or failed" not in text  # every committed run is read back as ok
+    committed = json.loads((BENCH / "results" / "_targets.json").read_text())
+    assert json.loads((out / "_targets.json").read_text()) == committed

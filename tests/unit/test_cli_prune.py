@@ -1,4 +1,9 @@
-"""``prunekit prune`` / ``prunekit eval`` end to end on tiny random models saved to a temporary folder."""
+"""``prunekit prune`` / ``prunekit eval`` end to end on tiny random models saved to a temporary folder.
+
+``prunekit prune`` streams the checkpoint through ``prunekit.models.pipeline.prune_checkpoint``: the output holds
+the model, ONE report (``report.json`` = ``RunReport.to_dict()``, ``layers`` = LayerRecord dicts),
+``plan/plan.json`` (no weights), ``plot.png`` and the marker ``prunekit_output.json``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,10 @@ import pytest
 import torch
 
 from prunekit.cli import main
+from prunekit.models.records import LayerRecord, RunReport
 from prunekit.models.saving import load_pruned
+
+LAYER_FIELDS = set(LayerRecord.__dataclass_fields__)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +61,16 @@ def test_fasp_channels_gives_a_smaller_model_that_reloads_and_evaluates(workdir,
     assert report["params_after"] < report["params_before"]
     assert report["ppl_before"]["seqlen"] == 32 and report["ppl_after"]["windows"] == 3
     assert report["recipe"]["method"] == "fasp" and report["layers"]
-    assert all({"sparsity", "objective", "relative_error"} <= set(r) for r in report["layers"])
+    assert set(report) == set(RunReport.__dataclass_fields__)
+    assert all(set(r) == LAYER_FIELDS for r in report["layers"])
+    typed = RunReport.from_dict(report)
+    assert typed.to_dict() == report and typed.output_format == "stock"
+    assert all(r.group and 0 < r.kept_units < r.num_units and 0 <= r.relative_error < 1 for r in typed.layers)
     assert (out / "plot.png").stat().st_size > 1000
+    assert not (out / "prunekit_report.json").exists()  # one report only
+    assert (out / "plan" / "plan.json").is_file() and not (out / "plan" / "plan.safetensors").exists()
+    assert json.loads((out / "prunekit_output.json").read_text())["method"] == "fasp"
+    assert "prunekit" not in json.loads((out / "config.json").read_text())  # stock config
     model, _ = load_pruned(out)
     assert sum(p.numel() for p in model.parameters()) == report["params_after"]
     result = run_eval(capsys, out, workdir / "eval.txt", "--windows", "3")
@@ -86,7 +102,18 @@ def test_recipe_file_is_used_and_flags_override_it(workdir):
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["recipe"]["method"] == "magnitude" and report["recipe"]["structure"] == "4:8"
-    assert report["recipe"]["calibration"]["nsamples"] == 2 and report["calibration"]["shape"] == [2, 24]
+    assert report["recipe"]["calibration"]["nsamples"] == 2 and report["calibration_shape"] == [2, 24]
+    assert report["recipe"]["sparsity"] == 0.5 and {r["target_sparsity"] for r in report["layers"]} == {0.5}
+
+
+def test_out_folder_it_did_not_write_is_refused_even_with_overwrite(workdir, capsys):
+    mine = workdir / "users-folder"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(prune_args(workdir, "llama", mine, "--method", "wanda", "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert "not written by prunekit" in err and "Fix:" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
 
 
 def test_errors_are_reported_not_raised(workdir, capsys):

@@ -179,3 +179,35 @@ def test_pickle_only_checkpoint_is_refused_without_unpickling(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "pickle" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_accelerate_offloaded_model_prunes_like_the_same_model_in_memory():
+    """Property: a model whose weights accelerate offloaded (meta parameters + weights map) goes through the same
+    runner and ends up identical to the same model pruned in memory."""
+    import copy
+
+    from accelerate import cpu_offload
+
+    from _tiny_models import tiny_model, tokens
+
+    model = tiny_model("llama", dtype=torch.float32)
+    reference = copy.deepcopy(model)
+    ids = tokens(n=4, t=16)
+    cpu_offload(model, execution_device=torch.device("cpu"))
+    assert any(p.device.type == "meta" for p in model.parameters())
+    recipe = dict(method="fasp", structure="channels", sparsity=0.3)
+    prunekit.prune(reference, recipe, ids, progress=False)
+    result = prunekit.prune(model, recipe, ids, progress=False)
+    assert result.report.params_after == sum(p.numel() for p in reference.parameters())
+    torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=0, atol=0)
+
+
+def test_hub_id_offline_is_one_clear_error_before_any_output(tmp_path, monkeypatch, capsys):
+    """A hub id resolves through huggingface_hub's snapshot (safetensors + json only); offline it is one error."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code = main(["prune", "--model", "some-org/some-model", "--method", "wanda", "--calib", "self",
+                 "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "HF_HUB_OFFLINE" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

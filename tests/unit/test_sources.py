@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import zipfile
 
@@ -171,9 +172,14 @@ def test_load_local_folder_and_prunekit_folder(tmp_path, tiny):
     pruned = copy.deepcopy(tiny)
     (g,) = coupled_groups(pruned, kinds="glu_channel", blocks=[0])
     apply_(pruned, PruningPlan(group_edits={g.name: GroupEdit(g.name, g.kind, (0, 5, 9), g.num_units)}))
-    save_pruned(pruned, None, tmp_path / "pk")
-    loaded, _ = load_model(tmp_path / "pk")
-    assert loaded.model.layers[0].mlp.down_proj.in_features == 3
+    out = save_pruned(pruned, None, tmp_path / "pk")
+    assert resolve_source(out).kind == "prunekit"
+    assert json.loads((out / "prunekit_output.json").read_text())["added_parameters"] > 0
+    loaded, _ = load_model(out)
+    # block 0 kept 3 of 64 channels, block 1 all 64: the stock form zero-pads block 0 to 64 (exact)
+    down = loaded.model.layers[0].mlp.down_proj.weight
+    assert down.shape == (32, 64) and loaded.config.intermediate_size == 64
+    assert torch.equal(down[:, :3], pruned.model.layers[0].mlp.down_proj.weight) and not down[:, 3:].any()
     assert _same_logits(loaded, pruned)
 
 
