@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
-import torch
 from torch import nn
 
 from .models.plan import PruningPlan
@@ -38,22 +37,22 @@ class PruneResult:
     report: RunReport
 
 
-def calibration_tokens(recipe: Recipe, calibration, *, tokenizer=None, data_dir=None, model=None) -> torch.Tensor:
-    """Calibration windows (n_s, L): a tensor as given, or a source name turned into windows with the recipe's
-    calibration settings (needs ``tokenizer``)."""
-    from .errors import DataError
+def calibration_tokens(recipe: Recipe, calibration, *, tokenizer=None, data_dir=None, model=None):
+    """The calibration windows of ``calibration`` as a :class:`~prunekit.calibration_set.CalibrationSet`.
 
-    if isinstance(calibration, torch.Tensor):
-        return calibration
-    if isinstance(calibration, str):
-        from .data import calibration_windows
+    ``calibration`` is anything :func:`prunekit.calibration_sources.calibration_set` reads -- a LongTensor
+    (n, L) as given, a tokenized ``BatchEncoding`` / dict (padding masked out of the statistics), a list of
+    strings, a ``datasets.Dataset`` / ``IterableDataset``, a ``DataLoader``, a list of records, or a source
+    string ("wikitext2", "c4", "hf:NAME[:CONFIG][:SPLIT]", a file path, "self") -- sampled with
+    ``recipe.calibration`` (nsamples, seqlen, seed, text_column).  Text needs ``tokenizer``.
 
-        if tokenizer is None and calibration != "self":
-            raise DataError(f"calibration given as a source name ({calibration!r}) needs tokenizer=. Fix: pass "
-                            f"tokenizer=..., or token windows as a LongTensor (nsamples, seqlen).")
-        c = recipe.calibration
-        return calibration_windows(tokenizer, calibration, c.nsamples, c.seqlen, c.seed, data_dir=data_dir, model=model)
-    return torch.as_tensor(calibration, dtype=torch.long)
+    Returns the LongTensor (n, L) itself when no window is padded (what every runner version takes), else the
+    CalibrationSet with its mask (``runner.run`` coerces either with ``CalibrationSet.coerce``).
+    """
+    from .calibration_sources import calibration_set
+
+    calib = calibration_set(calibration, tokenizer, recipe.calibration, model=model, data_dir=data_dir)
+    return calib if calib.padded else calib.input_ids
 
 
 def _run(model: nn.Module, recipe: RecipeLike, calibration, sink, *, device, progress, tokenizer, data_dir,
@@ -62,7 +61,10 @@ def _run(model: nn.Module, recipe: RecipeLike, calibration, sink, *, device, pro
     from .models.runner import run
     from .models.stores import ModelBlocks
 
+    from .solvers.options import parse_device
+
     recipe = Recipe.coerce(recipe)
+    device = parse_device(device)
     store = ModelBlocks(model)
     tokens = calibration_tokens(recipe, calibration, tokenizer=tokenizer, data_dir=data_dir, model=model)
     if ratios is None and recipe.allocation != "uniform":

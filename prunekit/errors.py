@@ -13,6 +13,11 @@ Every error names the problem and proposes the fix, in one message.  One class p
 * :class:`VerificationError` -- a claim or conformance check failed.
 * :class:`ModelError` -- an unsupported architecture, a model that cannot be found or loaded.
 * :class:`DataError` -- calibration or evaluation data missing or malformed.
+* :class:`OptionsError` -- an unknown or wrongly typed solver option (also a ``TypeError``, as ``**kwargs``
+  mistakes are in Python).
+* :class:`DeviceError` -- a device that is not understood or not available on this machine.
+
+The ``prunekit`` command line prints any :class:`PrunekitError` as one line ``prunekit: error: ...`` (exit 2).
 """
 
 from __future__ import annotations
@@ -66,6 +71,14 @@ class DataError(PrunekitError, ValueError):
     """Calibration or evaluation data is missing or malformed."""
 
 
+class OptionsError(FormulationError, TypeError):
+    """A solver option is unknown or has the wrong type (a FormulationError and a TypeError)."""
+
+
+class DeviceError(PrunekitError, ValueError):
+    """A device string is not understood, or the device is not available on this machine."""
+
+
 __all__ = [
     "PrunekitError",
     "FormulationError",
@@ -79,4 +92,6 @@ __all__ = [
     "VerificationError",
     "ModelError",
     "DataError",
+    "OptionsError",
+    "DeviceError",
 ]

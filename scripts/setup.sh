@@ -9,5 +9,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[reference,hf,test]"
+.venv/bin/python -m pip install -q -e ".[reference,hf,test,eval]"
 echo "prunekit installed in .venv ($(.venv/bin/python -c 'import prunekit; print(prunekit.__version__)'))"

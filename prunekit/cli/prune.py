@@ -13,13 +13,23 @@ folder, GGUF or built-in name), so host memory stays O(one block); each finished
 checkpoint's dtype, a config stock ``from_pretrained`` reads), ``report.json`` (recipe, per-layer records,
 parameters, time, perplexity before/after with ``--eval``), ``plan/plan.json`` (kept units, provenance) and
 ``plot.png``.  Flags override the fields of ``--recipe FILE`` (JSON or YAML).
+
+Every flag is checked before the model is read: a value of the wrong type or out of range (``--nsamples 0``,
+``--sparsity 1.5``) is a one-line argparse error naming the flag, the recipe is validated as a whole, a
+``--round-to`` that would prune nothing from the model's widths (read from its ``config.json``) is refused, and a
+data path that does not exist is reported; all with exit status 2.  At the end a summary is printed: per block
+the achieved sparsity, the mean relative error and the solver time, then the totals and the perplexities.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import re
+from pathlib import Path
 
-from .eval import add_data_args, default_data_dir
+from .eval import add_data_args, limit_arg
 
 # flag -> Recipe field (flags default to None so that an explicit flag overrides the recipe file)
 _RECIPE_FLAGS = ("method", "structure", "sparsity", "allocation", "temperature", "attention", "backend", "round_to",
@@ -56,18 +66,175 @@ def _calibration_source(source: str, data_dir) -> str:
     return "wikitext2" if find_local_wikitext("validation", data_dir)[0] is not None else "self"
 
 
+# ---------------------------------------------------------------------------------------------- flag types
+def _number(text: str, kind, what: str):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    value = _number(text, int, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a sparsity in [0, 1)."""
+    value = _number(text, float, "a fraction in [0, 1), e.g. 0.5")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) (the share of weights pruned), got {text!r}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    value = _number(text, float, "a finite number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    value = _number(text, float, "a finite number > 0")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _looks_like_path(source: str) -> bool:
+    """A file path rather than a data set name: an explicit path prefix or a data-file suffix ("allenai/c4",
+    "hf:owner/name" and "wikitext2" are names)."""
+    if re.match(r"^[A-Za-z][\w.+-]+:", source):  # a scheme such as hf: (a Windows drive letter has one letter)
+        return False
+    return source.startswith(("/", "./", "../", ".\\")) or \
+        Path(source).suffix.lower() in (".txt", ".json", ".jsonl", ".parquet", ".csv", ".gz")
+
+
+def check_data_path(source, flag: str) -> None:
+    """A data flag that names a file must name an existing file (checked before the model is read)."""
+    from ..errors import DataError
+
+    if not isinstance(source, str) or not _looks_like_path(source):
+        return
+    path = Path(source)
+    if path.is_dir() and not _looks_like_path(path.name):
+        return  # a dataset folder: the data module decides
+    if not path.is_file():
+        raise DataError(f"{flag} {source!r}: no such file. Fix: pass an existing UTF-8 text file, or a data set "
+                        f"name such as 'wikitext2'.")
+    if path.suffix.lower() in (".txt", ".json", ".jsonl"):
+        _check_text_start(path, flag)
+
+
+def _check_text_start(path: Path, flag: str, size: int = 1 << 16) -> None:
+    """The file is readable, not empty, and its first ``size`` bytes are UTF-8 (the loader reads the rest)."""
+    import codecs
+
+    from ..errors import DataError
+
+    with open(path, "rb") as fh:  # PermissionError: the CLI reports it as one line
+        head = fh.read(size)
+    if not head.strip():
+        raise DataError(f"{flag} {str(path)!r} is empty. Fix: pass a file with text in it.")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{flag} {str(path)!r} is not UTF-8 text (byte {head[exc.start]:#04x} at offset "
+                        f"{exc.start}). Fix: convert it to UTF-8 (e.g. iconv -t utf-8) and pass the converted "
+                        f"file.") from None
+
+
+def model_config(model: str):
+    """The model's ``config.json`` as a dict when ``model`` is a local folder holding one, else None (cheap)."""
+    path = Path(str(model))
+    config = path / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # the loader reports a damaged config with its own error
+    return data if isinstance(data, dict) else None
+
+
+def preflight(args: argparse.Namespace, recipe) -> None:
+    """Checks that need no model weights: data paths, and the recipe against the model's config.json widths."""
+    from ..models.recipe import check_recipe_fits
+
+    check_data_path(recipe.calibration.source, "calibration source")
+    if args.eval:
+        check_data_path(args.eval_data, "--eval-data")
+    config = model_config(args.model)
+    if config is not None:
+        check_recipe_fits(recipe, config)
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def summary_lines(report) -> list[str]:
+    """The end-of-run summary of a :class:`~prunekit.models.records.RunReport`: one row per block (achieved
+    sparsity weighted by weight count, mean relative error over its layer problems, solver time), then totals
+    (parameters before -> after, prune and total time) and the perplexities when evaluated."""
+    blocks: dict[int, list] = {}
+    for record in report.layers:
+        blocks.setdefault(record.block, []).append(record)
+    lines = []
+    if blocks:
+        lines.append(f"{'block':>5}  {'layers':>6}  {'sparsity':>8}  {'rel.error':>9}  {'time':>8}")
+        for index in sorted(blocks):
+            records = blocks[index]
+            sizes = [max(1, r.shape[0] * r.shape[1]) for r in records]
+            sparsity = sum(r.sparsity * n for r, n in zip(records, sizes)) / sum(sizes)
+            errors = [r.relative_error for r in records if r.status != "skipped" and math.isfinite(r.relative_error)]
+            error = f"{sum(errors) / len(errors):9.4g}" if errors else f"{'-':>9}"
+            lines.append(f"{index:>5}  {len(records):>6}  {sparsity:>8.3f}  {error}  "
+                         f"{sum(r.time_s for r in records):>7.2f}s")
+    before, after = report.params_before, report.params_after
+    change = f" ({(after - before) / before:+.1%})" if before else ""
+    resumed = f"; resumed at block {report.resumed_from_block}" if report.resumed_from_block else ""
+    lines.append(f"parameters: {before:,} -> {after:,}{change}; format {report.output_format} "
+                 f"({report.output_dtype}); prune {_seconds(report.time_prune_s)}, total "
+                 f"{_seconds(report.time_total_s)}"
+                 f"{resumed}")
+    if report.ppl_before or report.ppl_after:
+        def ppl(result):
+            return f"{result['ppl']:.3f}" if result and "ppl" in result else "-"
+
+        shape = report.ppl_after or report.ppl_before
+        lines.append(f"perplexity: {ppl(report.ppl_before)} -> {ppl(report.ppl_after)} "
+                     f"(seqlen {shape.get('seqlen')}, {shape.get('windows')} windows)")
+    return lines
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f}s" if value < 10 else f"{value:.1f}s" if value < 600 else f"{value / 60:.1f}min"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..models.pipeline import EvalSettings, prune_checkpoint
 
-    data_dir = args.data_dir or default_data_dir()
+    data_dir = args.data_dir  # None: the default folders of prunekit.data (a named folder is the only one searched)
     recipe = build_recipe(args, data_dir)
-    evaluate = EvalSettings(args.eval_data, args.eval_seqlen, args.eval_windows) if args.eval else None
+    preflight(args, recipe)
+    evaluate = None
+    if args.eval or args.eval_tasks or args.eval_include_path or args.eval_limit is not None:
+        evaluate = EvalSettings(args.eval_data, args.eval_seqlen, args.eval_windows, tasks=args.eval_tasks or (),
+                                include_path=args.eval_include_path, limit=args.eval_limit, perplexity=args.eval,
+                                progress=not args.no_progress)
+        evaluate.prepare()  # lm-eval installed, task names known, datasets cached: before any pruning
     report = prune_checkpoint(args.model, recipe, args.out, overwrite=args.overwrite, resume=args.resume,
                               device=args.device, progress=not args.no_progress, data_dir=data_dir,
                               evaluate=evaluate)
-    print(f"parameters: {report.params_before:,} -> {report.params_after:,}; format {report.output_format} "
-          f"({report.output_dtype}); prune {report.time_prune_s:.1f}s, total {report.time_total_s:.1f}s; "
-          f"saved to {args.out}")
+    print("\n".join(summary_lines(report)))
+    print(f"saved to {args.out}")
     return 0
 
 
@@ -80,20 +247,21 @@ def register(subparsers) -> None:
     p.add_argument("--method", default=None,
                    help=f"built-in: {', '.join(method_names())}; or package.module:Class / file.py:Class")
     p.add_argument("--structure", default=None, help="unstructured | 2:4 | 4:8 | N:M | channels")
-    p.add_argument("--sparsity", type=float, default=None, help="fraction pruned (N:M fixes it to N/M)")
+    p.add_argument("--sparsity", type=fraction, default=None, help="fraction pruned (N:M fixes it to N/M)")
     p.add_argument("--calib", default=None,
-                   help="wikitext2 | a text file | self | auto (default: wikitext2 when found locally, else self)")
-    p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default 128)")
-    p.add_argument("--seqlen", type=int, default=None, help="calibration window length (default 2048)")
+                   help="wikitext2 | c4 | c4:PATH | hf:NAME[:CONFIG][:SPLIT] | text/json/jsonl file | self | auto "
+                        "(default: wikitext2 when found locally, else self)")
+    p.add_argument("--nsamples", type=positive_int, default=None, help="calibration windows (default 128)")
+    p.add_argument("--seqlen", type=positive_int, default=None, help="calibration window length (default 2048)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--mode", default=None, choices=("auto", "propagated", "sequential", "dense", "dense_sequential"))
     p.add_argument("--recipe", default=None, help="recipe file (JSON or YAML); flags override its fields")
     p.add_argument("--allocation", default=None, choices=("uniform", "softmax", "global_threshold"))
-    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--temperature", type=positive, default=None)
     p.add_argument("--attention", default=None, choices=("none", "heads", "vo_channels"))
-    p.add_argument("--round-to", dest="round_to", type=int, default=None, help="kept widths: multiples of this")
+    p.add_argument("--round-to", dest="round_to", type=positive_int, default=None, help="kept widths: multiples of this")
     p.add_argument("--backend", default=None, help="solver backend (auto, torch, ...)")
-    p.add_argument("--damping", type=float, default=None)
+    p.add_argument("--damping", type=non_negative, default=None)
     p.add_argument("--dtype", default=None, choices=("float32", "float64", "bfloat16", "float16"),
                    help="compute dtype of the block copies (float32); the output keeps the checkpoint's dtype")
     p.add_argument("--out", required=True, help="output folder (appears only when the run is complete)")
@@ -102,8 +270,13 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue an unfinished run at --out (same arguments)")
     p.add_argument("--eval", action="store_true", help="perplexity before and after (WikiText-2 test by default)")
     p.add_argument("--eval-data", default="wikitext2")
-    p.add_argument("--eval-windows", type=int, default=None, help="evaluate the first K windows (default all)")
-    p.add_argument("--eval-seqlen", type=int, default=None, help="default: the calibration seqlen")
+    p.add_argument("--eval-windows", type=positive_int, default=None, help="evaluate the first K windows (default all)")
+    p.add_argument("--eval-seqlen", type=positive_int, default=None, help="default: the calibration seqlen")
+    p.add_argument("--eval-tasks", default=None,
+                   help="zero-shot lm-eval tasks before and after, comma-separated (hellaswag,arc_easy,...) or YAML "
+                        "files; needs pip install 'prunekit[eval]'")
+    p.add_argument("--eval-include-path", default=None, help="folder of extra lm-eval task YAML definitions")
+    p.add_argument("--eval-limit", type=limit_arg, default=None, help="documents per task (default all)")
     p.add_argument("--no-progress", action="store_true")
     add_data_args(p)
     p.set_defaults(func=run)

@@ -62,11 +62,12 @@ def run(args: argparse.Namespace) -> int:
     """Run the selected claims and reports; print a table or JSON; return the exit status."""
     from ..verification.runner import run_all, run_reports, to_records
 
-    ids = [c for c in args.claims.split(",") if c.strip()]
+    ids = [c.strip() for c in args.claims.split(",") if c.strip()]
     try:
         results = run_all(quick=args.quick, claims=ids, seed=args.seed)
     except KeyError as exc:
-        print(f"prunekit verify: {exc.args[0]}", file=sys.stderr)
+        print(f"prunekit: error: {exc.args[0]}. Fix: pass claim ids from that list, e.g. --claims C1,C12.",
+              file=sys.stderr)
         return 2
     reports = [] if (ids or args.no_reports) else run_reports(quick=args.quick, seed=args.seed)
     records = to_records(results, reports)

@@ -14,14 +14,21 @@ With ``Recipe.allocation`` = ``"softmax"`` or ``"global_threshold"`` (methods.md
 
 Returns ``{target key: s_l}`` for :func:`prunekit.models.runner.plan`.  N:M patterns have a fixed ratio and
 cannot be allocated.
+
+Per-target ratios given by hand (``ratios=`` of ``prunekit.plan`` / ``prunekit.prune`` / ``runner.run``) go
+through :func:`check_ratios` first: every key must name a target of the model under the recipe
+(:func:`target_keys`: module names, or coupled-group names for channels) and every value lie in [0, 1) --
+nothing is clamped or ignored silently.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Any, Mapping, Optional
 
 import torch
 
+from ..errors import SparsityError
 from .calibration import capture_block_inputs, collect_grams, forward_block
 from .recipe import Recipe
 
@@ -99,10 +106,7 @@ def allocate(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu", progr
 
     if recipe.allocation == "uniform":
         return {}
-    if not hasattr(store, "prepare"):
-        from .stores import ModelBlocks
-
-        store = ModelBlocks(store)
+    store = _as_store(store)
     keys, vectors = prepass or importance_prepass(store, recipe, tokens, device=device, progress=progress)
     sizes = torch.tensor([v.numel() for v in vectors], dtype=torch.float64)
     means = torch.stack([v.mean() for v in vectors])
@@ -116,4 +120,58 @@ def allocate(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu", progr
     return {k: float(s) for k, s in zip(keys, sparsities.tolist())}
 
 
-__all__ = ["allocate", "importance_prepass"]
+def _as_store(store):
+    if hasattr(store, "prepare"):
+        return store
+    from .stores import ModelBlocks
+
+    return ModelBlocks(store)
+
+
+def target_keys(store, recipe: Recipe) -> list[str]:
+    """The allocation keys of every layer problem of ``store`` (a block store or a model) under ``recipe``, in
+    execution order: module names (unstructured) or coupled-group names (channels).  Reads no weights."""
+    from .runner import block_targets
+
+    store = _as_store(store)
+    model, adapter = store.model, store.adapter
+    blocks = adapter.blocks(model)
+    return [t.key for i in range(len(store)) for t in block_targets(model, adapter, i, blocks[i], recipe)]
+
+
+def check_ratios(ratios: Mapping[str, Any], store, recipe: Recipe) -> dict[str, float]:
+    """``ratios`` checked against the model and recipe, as ``{key: float}``.
+
+    Raises
+    ------
+    SparsityError
+        ``ratios`` is not a mapping; the recipe's structure is N:M (its ratio is fixed); a key names no target of
+        the model (the message lists valid keys); a value is not a number in [0, 1) (1.5 and -0.5 are refused,
+        never clamped).
+    """
+    if not isinstance(ratios, Mapping):
+        raise SparsityError(f"ratios must be a mapping {{target key: sparsity}}, got {type(ratios).__name__}. "
+                            f"Fix: e.g. {{'model.layers.0.mlp.down_proj': 0.4}}, keys from allocate.target_keys.")
+    if ratios and recipe.structure.kind == "nm":
+        raise SparsityError(f"ratios cannot change the ratio of structure {str(recipe.structure)!r} (N:M prunes "
+                            f"exactly {recipe.structure.fixed_ratio:g}). Fix: drop ratios, or use 'unstructured'.")
+    out: dict[str, float] = {}
+    for key, value in ratios.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not 0 <= value < 1:
+            raise SparsityError(f"ratios[{key!r}] = {value!r} is not a sparsity in [0, 1). Fix: give each target "
+                                f"the fraction of its weights (or units) to prune, e.g. 0.5.")
+        out[key] = float(value)
+    if out:
+        valid = target_keys(store, recipe)
+        unknown = sorted(set(out) - set(valid), key=str)
+        if unknown:
+            shown = valid if len(valid) <= 12 else valid[:12] + [f"... ({len(valid)} in all)"]
+            raise SparsityError(f"ratios has key(s) {unknown[:5]}{' ...' if len(unknown) > 5 else ''} that name no "
+                                f"{'coupled group' if recipe.structure.kind == 'channels' else 'linear module'} of "
+                                f"this model under the recipe; valid keys: {shown}. Fix: use these keys "
+                                f"(prunekit.models.allocate.target_keys(model, recipe)).")
+    return out
+
+
+__all__ = ["allocate", "check_ratios", "importance_prepass", "target_keys"]

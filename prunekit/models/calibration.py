@@ -14,18 +14,30 @@ Three pieces, used by :mod:`prunekit.models.runner`:
   the requested modules have seen their input.
 * :func:`forward_block` -- computes the next block's inputs X_{l+1} = block(X_l).
 
+Padding (a :class:`~prunekit.calibration_set.CalibrationSet` with an ``attention_mask``): each padded window is
+run with its mask (and position ids counted over its real tokens, ``cumsum(mask) - 1``), so no real token attends
+a padded key and real tokens sit at the positions they would have without padding.  Such a window's block call
+arguments (its 4-D attention mask, rotary embeddings ...) are recorded per window -- shared between windows
+with the same mask -- in :class:`BlockInputs`.  Every position is propagated (windows keep length L; padded
+positions are reset to 0 after each block so they stay finite), but only real tokens reach
+``GramAccumulator.update``: the statistics of a padded window equal those of its unpadded tokens.
+
 Memory: the caller moves **one** block (a copy) to the device; activations are stored on ``storage`` (CPU by
 default), so device memory is O(one block + one window's activations) and the rest of the model stays on CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
 import torch
 from torch import nn
 
+from ..calibration_set import CalibrationSet
+from ..errors import ModelError
 from ..formulations import GramAccumulator
 
 
@@ -38,15 +50,29 @@ class BlockInputs:
     """Inputs of one decoder block for every calibration window.
 
     hidden : list of Tensor, each (1, L, d) -- X_l, one entry per window (on the storage device).
-    args, kwargs -- the block's other call arguments, recorded from window 0 (all windows share L).
+    args, kwargs -- the block's other call arguments, shared by every window without padding (all windows share L).
+    masks : None when no window is padded, else one entry per window: BoolTensor (L,) of its real tokens, or None
+        for a window without padding.
+    window_calls : ``{window: (args, kwargs)}`` -- the call arguments of each padded window (its own attention
+        mask and positions); windows with the same mask share one entry.
     """
 
     hidden: list[torch.Tensor]
     args: tuple = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    masks: Optional[list[Optional[torch.Tensor]]] = None
+    window_calls: dict[int, tuple[tuple, dict[str, Any]]] = field(default_factory=dict)
 
     def with_hidden(self, hidden: list[torch.Tensor]) -> "BlockInputs":
-        return BlockInputs(hidden, self.args, self.kwargs)
+        return dataclasses.replace(self, hidden=hidden)
+
+    def call_arguments(self, i: int) -> tuple[tuple, dict[str, Any]]:
+        """(args, kwargs) of window ``i``'s block call."""
+        return self.window_calls.get(i, (self.args, self.kwargs))
+
+    def real_tokens(self, i: int) -> Optional[torch.Tensor]:
+        """BoolTensor (L,) of window ``i``'s real tokens, or None when all are real."""
+        return None if self.masks is None else self.masks[i]
 
 
 def _to(value: Any, device, dtype: Optional[torch.dtype]) -> Any:
@@ -77,16 +103,20 @@ def _move_outside_blocks(model: nn.Module, blocks: nn.ModuleList, device) -> Non
         module._apply(lambda t: t if t.device.type == "meta" else t.to(device), recurse=False)
 
 
-def capture_block_inputs(model: nn.Module, adapter, tokens: torch.Tensor, *, device="cpu",
+def capture_block_inputs(model: nn.Module, adapter, tokens: Union[torch.Tensor, CalibrationSet], *, device="cpu",
                          dtype: Optional[torch.dtype] = None, storage="cpu") -> BlockInputs:
-    """Inputs of block 0 for each window of ``tokens`` (n_s, L), computed on ``device``, stored on ``storage``.
+    """Inputs of block 0 for each window of ``tokens`` (a LongTensor (n_s, L) or a :class:`CalibrationSet`),
+    computed on ``device``, stored on ``storage``.
 
-    The model's parameters are back on their original device afterwards.
+    Padded windows of a CalibrationSet are run with their attention mask (and mask-counted position ids when the
+    model's forward takes ``position_ids``); their block call arguments and masks are kept in the result.  The
+    model's parameters are back on their original device afterwards.
     """
+    calib = CalibrationSet.coerce(tokens)
     blocks = adapter.blocks(model)
     device = torch.device(device)
     original = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
-    record: dict[str, Any] = {}
+    calls: list[tuple[tuple, dict]] = []
     hidden: list[torch.Tensor] = []
 
     def catcher(module, args, kwargs):
@@ -96,47 +126,80 @@ def capture_block_inputs(model: nn.Module, adapter, tokens: torch.Tensor, *, dev
             kwargs = dict(kwargs)
             h, rest = kwargs.pop("hidden_states"), ()
         hidden.append(h.detach().to(device=storage, dtype=dtype or h.dtype))
-        if "args" not in record:
-            record["args"], record["kwargs"] = rest, {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        calls.append((rest, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
         raise _StopForward
 
+    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
     handle = blocks[0].register_forward_pre_hook(catcher, with_kwargs=True)
     if device != original:
         _move_outside_blocks(model, blocks, device)
+    shared: Optional[tuple] = None
+    by_mask: dict[bytes, tuple] = {}
+    window_calls: dict[int, tuple] = {}
     try:
         with torch.no_grad():
-            for window in tokens:
+            for i, window in enumerate(calib.input_ids):
+                mask = calib.window_mask(i)
+                feed = {"input_ids": window.reshape(1, -1).to(device), "use_cache": False}
+                if mask is not None:
+                    feed["attention_mask"] = mask.reshape(1, -1).to(device=device, dtype=torch.long)
+                    if takes_positions:
+                        feed["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0).reshape(1, -1).to(device)
                 try:
-                    model(input_ids=window.reshape(1, -1).to(device), use_cache=False)
+                    model(**feed)
                 except _StopForward:
                     pass
+                if not calls:  # block 0 was not reached
+                    break
+                args, kwargs = calls.pop()
+                if mask is None:
+                    if shared is None:
+                        shared = _stored_call(args, kwargs, storage, dtype)
+                    continue
+                key = mask.numpy().tobytes()
+                if key not in by_mask:
+                    by_mask[key] = _stored_call(args, kwargs, storage, dtype)
+                window_calls[i] = by_mask[key]
     finally:
         handle.remove()
         if device != original:
             _move_outside_blocks(model, blocks, original)
-    if len(hidden) != len(tokens):
+    if len(hidden) != len(calib):
         raise RuntimeError("block 0 was not reached for every calibration window; is the adapter's block list right?")
-    kwargs = dict(record.get("kwargs", {}))
+    if shared is None:  # every window is padded: no shared call is ever used
+        shared = next(iter(window_calls.values()))
+    masks = None if not calib.padded else [calib.window_mask(i) for i in range(len(calib))]
+    return BlockInputs(hidden, shared[0], shared[1], masks, window_calls)
+
+
+def _stored_call(args: tuple, kwargs: dict[str, Any], storage, dtype) -> tuple[tuple, dict[str, Any]]:
+    kwargs = dict(kwargs)
     if "use_cache" in kwargs:
         kwargs["use_cache"] = False
     for key in ("past_key_value", "past_key_values", "layer_past"):
         if key in kwargs:
             kwargs[key] = None
-    return BlockInputs(hidden, _to(record.get("args", ()), storage, dtype), _to(kwargs, storage, dtype))
+    return _to(args, storage, dtype), _to(kwargs, storage, dtype)
 
 
-def _call(block: nn.Module, h: torch.Tensor, inputs: BlockInputs, device, dtype) -> torch.Tensor:
-    out = block(h.to(device=device, dtype=dtype), *_to(inputs.args, device, dtype), **_to(inputs.kwargs, device, dtype))
+def _call(block: nn.Module, h: torch.Tensor, inputs: BlockInputs, i: int, device, dtype) -> torch.Tensor:
+    args, kwargs = inputs.call_arguments(i)
+    out = block(h.to(device=device, dtype=dtype), *_to(args, device, dtype), **_to(kwargs, device, dtype))
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def forward_block(block: nn.Module, inputs: BlockInputs, *, device, storage="cpu") -> BlockInputs:
-    """X_{l+1} = block(X_l) for every window (the block must already be on ``device``)."""
+    """X_{l+1} = block(X_l) for every window (the block must already be on ``device``); padded positions of
+    padded windows are set to 0 (real tokens never attend them)."""
     dtype = next(block.parameters()).dtype
     out = []
     with torch.no_grad():
-        for h in inputs.hidden:
-            out.append(_call(block, h, inputs, device, dtype).detach().to(storage))
+        for i, h in enumerate(inputs.hidden):
+            y = _call(block, h, inputs, i, device, dtype).detach()
+            real = inputs.real_tokens(i)
+            if real is not None:
+                y = torch.where(real.to(y.device).reshape(1, -1, 1), y, torch.zeros((), dtype=y.dtype, device=y.device))
+            out.append(y.to(storage))
     return inputs.with_hidden(out)
 
 
@@ -170,12 +233,12 @@ def collect_grams(block: nn.Module, inputs: BlockInputs, names: list[str], *, de
             return hook
         return hook_for
 
-    def run(model_block: nn.Module, h: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run(model_block: nn.Module, i: int, h: torch.Tensor) -> dict[str, torch.Tensor]:
         store: dict[str, torch.Tensor] = {}
         rec = make_recorder(store, len(names))
         handles = [model_block.get_submodule(n).register_forward_pre_hook(rec(n)) for n in names]
         try:
-            _call(model_block, h, inputs, device, dtype)
+            _call(model_block, h, inputs, i, device, dtype)
         except _StopForward:
             pass
         finally:
@@ -184,14 +247,29 @@ def collect_grams(block: nn.Module, inputs: BlockInputs, names: list[str], *, de
         return store
 
     with torch.no_grad():
-        for h in inputs.hidden:
-            dense = run(block, h)
-            star = run(star_block, h) if track else {}
+        for i, h in enumerate(inputs.hidden):
+            dense = run(block, i, h)
+            star = run(star_block, i, h) if track else {}
+            real = inputs.real_tokens(i)
             for n in names:
                 if n not in dense:
                     raise RuntimeError(f"module {n!r} received no input during calibration; check the adapter stages.")
-                accs[n].update(dense[n], star.get(n) if track else None)
+                x, xs = dense[n], star.get(n) if track else None
+                if real is not None:
+                    x = _real_rows(x, real, n)
+                    xs = None if xs is None else _real_rows(xs, real, n)
+                accs[n].update(x, xs)
     return accs
+
+
+def _real_rows(x: torch.Tensor, real: torch.Tensor, name: str) -> torch.Tensor:
+    """The rows of a module input (1, L, d) at the window's real tokens: (k, d)."""
+    flat = x.reshape(-1, x.shape[-1])
+    if flat.shape[0] != real.numel():
+        raise ModelError(f"module {name!r} sees {flat.shape[0]} input rows for a window of {real.numel()} tokens, so "
+                         f"its padding cannot be masked out. Fix: calibrate this model on unpadded windows (a "
+                         f"LongTensor, or text sources).")
+    return flat[real.to(flat.device)]
 
 
 def _in_features(module: nn.Module) -> int:
@@ -202,4 +280,4 @@ def _in_features(module: nn.Module) -> int:
     return int(module.weight.shape[1])
 
 
-__all__ = ["BlockInputs", "capture_block_inputs", "collect_grams", "forward_block"]
+__all__ = ["BlockInputs", "CalibrationSet", "capture_block_inputs", "collect_grams", "forward_block"]

@@ -194,6 +194,11 @@ class OutputFolder:
             self._state = "closed"
         self._lock.release()
 
+    @property
+    def state(self) -> str:
+        """"open" (being written), "finished" or "closed"."""
+        return self._state
+
     def discard(self) -> None:
         """Delete the partial folder (prunekit's own, marker-checked) and release the lock: for writers that
         cannot resume (``save_pruned``).  Idempotent."""

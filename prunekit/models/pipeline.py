@@ -41,12 +41,54 @@ REST_SHARD = "model-rest.safetensors"
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Perplexity before/after (methods.md §2): ``data`` ("wikitext2" test or a text file), ``seqlen`` (None = the
-    calibration seqlen), the first ``windows`` windows (None = all)."""
+    """What to evaluate before (the input) and after (the written output); checked on construction.
+
+    Perplexity (methods.md §2, when ``perplexity``): ``data`` ("wikitext2" test or a text file), ``seqlen`` (None =
+    the calibration seqlen), the first ``windows`` windows (None = all).  Zero-shot (when ``tasks``): lm-eval task
+    names or YAML files run through :mod:`prunekit.zero_shot`, with ``include_path`` (a folder of task YAMLs),
+    ``limit`` (documents per task), ``num_fewshot`` and ``batch_size``.  ``progress``: bars with ETA on stderr.
+    """
 
     data: str = "wikitext2"
     seqlen: Optional[int] = None
     windows: Optional[int] = None
+    tasks: tuple[str, ...] = ()
+    include_path: Optional[str] = None
+    limit: Optional[Union[int, float]] = None
+    num_fewshot: int = 0
+    batch_size: int = 1
+    perplexity: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        from ..evaluate import check_window_args
+
+        check_window_args(self.seqlen if self.seqlen is not None else 2, self.windows, self.batch_size)
+        if self.tasks:
+            object.__setattr__(self, "tasks", self.zero_shot().tasks)
+        elif self.include_path is not None or self.limit is not None:
+            from ..errors import DataError
+
+            raise DataError("include_path / limit apply to zero-shot tasks, and no task is given. Fix: set tasks "
+                            "(e.g. tasks=('hellaswag',)) or drop them.")
+
+    def zero_shot(self):
+        """The :class:`prunekit.zero_shot.ZeroShotSettings` of ``tasks`` (validated), or None without tasks."""
+        if not self.tasks:
+            return None
+        from ..zero_shot import ZeroShotSettings
+
+        return ZeroShotSettings(tasks=self.tasks, include_path=self.include_path, limit=self.limit,
+                                num_fewshot=self.num_fewshot, batch_size=self.batch_size)
+
+    def prepare(self) -> None:
+        """Check what can fail before pruning starts: lm-eval installed, task names known, task datasets
+        loadable (downloaded and cached now).  A no-op without tasks."""
+        settings = self.zero_shot()
+        if settings is not None:
+            from ..zero_shot import check_tasks
+
+            check_tasks(settings)
 
 
 def fingerprint(recipe: Recipe, model: str, folder: Path, reader) -> dict[str, Any]:
@@ -77,11 +119,20 @@ def prune_checkpoint(model: Union[str, Path], recipe: Union[Recipe, Mapping[str,
     from .sources import checkpoint_folder
     from .stores import CheckpointBlocks
 
+    from ..calibration_sources import check_source
+    from ..solvers.options import parse_device
+    from .recipe import check_recipe_fits
+
     start = time.perf_counter()
     say = echo or (lambda *a, **k: None)
     recipe = Recipe.coerce(recipe)
+    device = parse_device(device)
+    if evaluate is not None:
+        evaluate.prepare()
+    check_source(recipe.calibration.source, data_dir)
     folder = checkpoint_folder(model, cache_dir=cache_dir)
     _refuse_rebuild_format(folder)
+    check_recipe_fits(recipe, _read_config(folder))
     reader = CheckpointReader(folder)
     output = OutputFolder.open(out, overwrite=overwrite, resume=resume,
                                fingerprint=fingerprint(recipe, str(model), folder, reader),
@@ -120,8 +171,21 @@ def prune_checkpoint(model: Union[str, Path], recipe: Union[Recipe, Mapping[str,
         output.finish(output_marker(layout, _infer_sparsity_kind(plan), method=recipe.method.name,
                                     structure=str(recipe.structure)))
         return report
+    except BaseException:
+        if output.state == "open" and not output.read_state().get("blocks"):
+            output.discard()  # nothing committed: nothing worth resuming is kept
+        raise
     finally:
         output.close()
+
+
+def _read_config(folder: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # CheckpointBlocks reports a missing or damaged config with its own error
 
 
 def _refuse_rebuild_format(folder: Path) -> None:
@@ -146,23 +210,29 @@ def _tokenizer(folder: Path):
         return None
 
 
-def _calibration(recipe: Recipe, tokenizer, folder: Path, data_dir) -> torch.Tensor:
-    from ..data import calibration_windows
+def _calibration(recipe: Recipe, tokenizer, folder: Path, data_dir):
+    """The windows of the recipe's calibration source (a string: "wikitext2", "c4", "hf:...", a file, "self"): a
+    LongTensor (n, L), or a :class:`~prunekit.calibration_set.CalibrationSet` when rows are padded (an input_ids
+    column of rows of different lengths); "self" loads the whole model once (small models only)."""
+    from ..calibration_sources import calibration_set
     from ..errors import DataError
 
     c = recipe.calibration
-    if c.source == "self":  # sampling text needs the whole model once (small models only)
+    if c.source == "self":
         from transformers import AutoModelForCausalLM
 
         whole = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
         try:
-            return calibration_windows(tokenizer, "self", c.nsamples, c.seqlen, c.seed, model=whole)
+            return calibration_set("self", tokenizer, c, model=whole).input_ids
         finally:
             del whole
-    if tokenizer is None:
-        raise DataError(f"no tokenizer in {folder}, so calibration text cannot be tokenized. Fix: save the tokenizer "
-                        f"next to the model.")
-    return calibration_windows(tokenizer, c.source, c.nsamples, c.seqlen, c.seed, data_dir=data_dir)
+
+    def no_tokenizer(text):  # called only when the source is text (an input_ids source needs no tokenizer)
+        raise DataError(f"no tokenizer in {folder}, so calibration text cannot be tokenized. Fix: save the "
+                        f"tokenizer next to the model.")
+
+    calib = calibration_set(c.source, tokenizer if tokenizer is not None else no_tokenizer, c, data_dir=data_dir)
+    return calib if calib.padded else calib.input_ids  # string sources give unpadded windows unless input_ids rows
 
 
 def _ratios(store, recipe: Recipe, tokens, sink, *, device, progress) -> Optional[dict[str, float]]:
@@ -244,18 +314,57 @@ def _numel_written(output) -> int:
 
 def _perplexities(report: RunReport, settings: EvalSettings, source: Path, written: Path, tokenizer, recipe,
                   data_dir, device, say) -> None:
-    from ..data import evaluation_tokens
-    from ..evaluate import perplexity
+    """Evaluate the input (``source``) and the written output: perplexity into ``report.ppl_before/after`` when
+    ``settings.perplexity``, zero-shot tasks into ``report.zero_shot_before/after`` when ``settings.tasks``; each
+    model is loaded once (whole, float32) for both."""
     from .saving import load_pruned
 
-    tokens = evaluation_tokens(tokenizer, settings.data, data_dir)
+    tokens = None
+    if settings.perplexity:
+        from ..data import evaluation_tokens
+
+        tokens = evaluation_tokens(tokenizer, settings.data, data_dir)
+    zero_shot = settings.zero_shot()
+    if zero_shot is not None:
+        from ..zero_shot import check_tasks
+
+        check_tasks(zero_shot)  # before loading a model: a task problem costs no model load
+    for label, path in (("before", source), ("after", written)):
+        model, loaded_tokenizer = load_pruned(path, dtype=torch.float32)
+        try:
+            if tokens is not None:
+                _perplexity(report, label, model, tokens, settings, recipe, device, say)
+            if zero_shot is not None:
+                _zero_shot(report, label, model, loaded_tokenizer or tokenizer, zero_shot, settings, device, say)
+        finally:
+            del model
+
+
+def _perplexity(report: RunReport, label: str, model, tokens, settings: EvalSettings, recipe, device, say) -> None:
+    from ..evaluate import perplexity
+
     seqlen = settings.seqlen or recipe.calibration.seqlen
-    for key, path, label in (("ppl_before", source, "before"), ("ppl_after", written, "after")):
-        model, _ = load_pruned(path, dtype=torch.float32)
-        result = perplexity(model, tokens, seqlen, settings.windows, device=device)
-        setattr(report, key, result)
-        del model
-        say(f"perplexity {label}: {result['ppl']:.3f} (seqlen {seqlen}, {result['windows']} windows)", flush=True)
+    result = perplexity(model, tokens, seqlen, settings.windows, device=device, batch_size=settings.batch_size,
+                        progress=settings.progress, desc=f"perplexity {label}")
+    setattr(report, f"ppl_{label}", result)
+    say(f"perplexity {label}: {result['ppl']:.3f} (seqlen {seqlen}, {result['windows']} windows)", flush=True)
+
+
+def _zero_shot(report: RunReport, label: str, model, tokenizer, zero_shot, settings: EvalSettings, device,
+               say) -> None:
+    from ..zero_shot import evaluate_tasks
+
+    result = evaluate_tasks(model, tokenizer, zero_shot, device=device, progress=settings.progress)
+    setattr(report, f"zero_shot_{label}", result)
+    scores = ", ".join(f"{task} {_headline(row)}" for task, row in result["tasks"].items())
+    say(f"zero-shot {label}: {scores}", flush=True)
+
+
+def _headline(row: dict) -> str:
+    for metric in ("acc_norm", "acc", "exact_match", "f1"):
+        if row.get(metric) is not None:
+            return f"{metric} {row[metric]:.4f}"
+    return "(no accuracy metric)"
 
 
 def _plot(report: RunReport, path: Path, title: str) -> None:

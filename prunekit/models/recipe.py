@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -50,7 +51,12 @@ class CalibrationSettings:
     Attributes
     ----------
     source : str
-        ``"wikitext2"``, a text-file path, or ``"self"`` (text sampled from the model; offline default).
+        ``"wikitext2"`` (local files in the data folder first, else ``datasets``), ``"c4"`` (the papers' C4 shard
+        and sampling; ``"c4:PATH"`` for a local copy), ``"hf:NAME[:CONFIG][:SPLIT]"`` (any hub dataset, e.g.
+        ``hf:wikitext:wikitext-2-raw-v1:train[:2000]``; ``hf:NAME::SPLIT`` without a config), a text / json /
+        jsonl (``.gz``) file path, or ``"self"`` (text sampled from the model; offline default).  In Python,
+        ``prunekit.prune`` also takes tensors, tokenized batches, datasets, DataLoaders and lists
+        (:mod:`prunekit.calibration_sources`).
     nsamples, seqlen : int
         ``nsamples`` random windows of ``seqlen`` tokens (methods.md §2).
     seed : int
@@ -63,6 +69,9 @@ class CalibrationSettings:
         ``dense`` -- every block gets the dense model's inputs (independent blocks);
         ``dense_sequential`` -- FISTAPruner: dense inputs across blocks + intra-layer X* (methods.md §5.4);
         ``auto`` -- ``dense_sequential`` for fista, ``propagated`` otherwise.
+    text_column : str
+        The column (datasets) or field (json / jsonl records) holding the text; ``"text"`` by default.  Without
+        it, an ``input_ids`` column is used as pre-tokenized rows.
     """
 
     source: str = "wikitext2"
@@ -70,8 +79,21 @@ class CalibrationSettings:
     seqlen: int = 2048
     seed: int = 0
     mode: str = "auto"
+    text_column: str = "text"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise DataError(f"calibration.source must be a non-empty string, got {self.source!r}. Fix: 'wikitext2', "
+                            f"'c4', 'hf:NAME[:CONFIG][:SPLIT]', 'self' or a text / json / jsonl file path.")
+        if self.source.startswith("hf:"):
+            from ..corpora import HubSource
+
+            HubSource.parse(self.source)  # the syntax, before anything is loaded
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise DataError(f"calibration.seed must be an int, got {self.seed!r}. Fix: e.g. seed: 0.")
+        if not isinstance(self.text_column, str) or not self.text_column:
+            raise DataError(f"calibration.text_column must be a column name, got {self.text_column!r}. "
+                            f"Fix: e.g. text_column: text.")
         for name in ("nsamples", "seqlen"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -118,7 +140,8 @@ class Recipe:
         for name in ("options", "solver_options"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
-                raise FormulationError(f"{name} must be a mapping of field -> value, got {type(value).__name__}.")
+                raise FormulationError(f"{name} must be a mapping of field -> value, got {type(value).__name__}. "
+                                       f"Fix: e.g. {name}: {{}} (or leave it out).")
             set_(self, name, dict(value))
         fixed = self.structure.fixed_ratio
         if fixed is not None:
@@ -133,41 +156,88 @@ class Recipe:
 
     # ------------------------------------------------------------------ rules
     def validate(self) -> None:
-        if self.version != VERSION:
+        """Check every field (types, ranges, combinations) before anything is loaded or solved.
+
+        Raises FormulationError (or DataError for the version, OptionsError for ``solver_options``,
+        BackendUnavailable / NoSolverError for a backend that cannot solve the method) with one message naming the
+        field, the value and the fix.
+        """
+        if isinstance(self.version, bool) or self.version != VERSION:
             raise DataError(
-                f"recipe version {self.version} is not supported (this prunekit reads version {VERSION}). "
+                f"recipe version {self.version!r} is not supported (this prunekit reads version {VERSION}). "
                 f"Fix: re-create the recipe with this prunekit version (version 2 renamed method_options to options)."
             )
+        if not isinstance(self.calibration, CalibrationSettings):
+            raise FormulationError(f"calibration must be a mapping of calibration settings, got "
+                                   f"{type(self.calibration).__name__}. Fix: e.g. calibration: {{source: wikitext2, "
+                                   f"nsamples: 128, seqlen: 2048}}.")
         kind = self.structure.kind
+        for name, value in (("solver_options", self.solver_options), ("options", self.options)):
+            if not all(isinstance(k, str) for k in value):
+                raise FormulationError(f"{name} keys must be strings (field names), got {sorted(map(repr, value))}. "
+                                       f"Fix: write each key as a field name.")
         self.method.check_structure(self.structure)
         self.method.check_options(self.options)
-        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) or not 0 <= self.sparsity < 1:
-            raise FormulationError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}.")
-        if self.allocation not in ALLOCATIONS:
-            raise FormulationError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}.")
+        _check_option_types(self.method, self.options)
+        if not _number(self.sparsity) or not 0 <= self.sparsity < 1:
+            raise FormulationError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}. "
+                                   f"Fix: the fraction of weights to prune, e.g. 0.5.")
+        _choice("allocation", self.allocation, ALLOCATIONS)
         if self.allocation != "uniform" and kind == "nm":
             raise FormulationError(f"allocation={self.allocation!r} cannot change an N:M ratio. "
                                    f"Fix: use allocation='uniform' with structure={str(self.structure)!r}.")
-        if self.attention not in ATTENTION:
-            raise FormulationError(f"attention must be one of {ATTENTION}, got {self.attention!r}.")
+        _choice("attention", self.attention, ATTENTION)
         if self.attention != "none" and kind != "channels":
-            raise FormulationError(f"attention={self.attention!r} applies to structure='channels' only.")
-        if isinstance(self.temperature, bool) or not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise FormulationError(f"temperature must be > 0, got {self.temperature!r}.")
-        if not (isinstance(self.max_sparsity, (int, float)) and self.sparsity <= self.max_sparsity < 1):
-            raise FormulationError(f"max_sparsity must lie in [sparsity, 1), got {self.max_sparsity!r}.")
+            raise FormulationError(f"attention={self.attention!r} applies to structure='channels' only. "
+                                   f"Fix: drop attention, or use structure='channels'.")
+        if not _number(self.temperature) or not 0 < self.temperature < math.inf:
+            raise FormulationError(f"temperature must be a finite number > 0, got {self.temperature!r}. "
+                                   f"Fix: e.g. temperature=1.0 (lower = more uneven sparsities).")
+        if not _number(self.max_sparsity) or not self.sparsity <= self.max_sparsity < 1:
+            raise FormulationError(f"max_sparsity must lie in [sparsity, 1) = [{self.sparsity:g}, 1), got "
+                                   f"{self.max_sparsity!r}. Fix: e.g. max_sparsity=0.95.")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
-            raise FormulationError(f"round_to must be a positive int, got {self.round_to!r}.")
+            raise FormulationError(f"round_to must be a positive int, got {self.round_to!r}. "
+                                   f"Fix: 1 (no rounding), or a kernel-friendly multiple such as 8, 64, 128.")
         if self.round_to > 1 and kind != "channels":
             raise FormulationError(f"round_to={self.round_to} rounds kept channel widths; structure "
                                    f"{str(self.structure)!r} removes no channels. Fix: drop round_to.")
-        if isinstance(self.damping, bool) or not (isinstance(self.damping, (int, float)) and self.damping >= 0):
-            raise FormulationError(f"damping must be >= 0, got {self.damping!r}.")
-        if self.dtype not in DTYPES:
-            raise FormulationError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
-        for name, value in (("solver_options", self.solver_options), ("options", self.options)):
-            if not all(isinstance(k, str) for k in value):
-                raise FormulationError(f"{name} keys must be strings (field names), got {sorted(map(repr, value))}.")
+        if not _number(self.damping) or not 0 <= self.damping < math.inf:
+            raise FormulationError(f"damping must be a finite number >= 0, got {self.damping!r}. "
+                                   f"Fix: e.g. damping=0.01 (a fraction of the Gram's mean diagonal).")
+        _choice("dtype", self.dtype, DTYPES)
+        self._check_backend()
+        from ..solvers.options import check_solver_options
+
+        check_solver_options(self.solver_options)
+
+    def _check_backend(self) -> None:
+        from ..errors import BackendUnavailable, NoSolverError
+        from ..solvers.registry import solvers_for
+
+        if not isinstance(self.backend, str):
+            raise FormulationError(f"backend must be a name such as 'auto' or 'torch', got {self.backend!r}. "
+                                   f"Fix: use backend='auto'.")
+        if self.backend == "auto":
+            return
+        from ..solvers.registry import BACKENDS, registered
+
+        known = sorted(set(BACKENDS) | {c.backend for c in registered()})
+        if self.backend not in known:
+            raise NoSolverError(f"unknown backend {self.backend!r}; known backends: {['auto', *known]}. "
+                                f"Fix: use backend='auto' (the first solver that accepts each problem).")
+        solvers = solvers_for(self.method.formulation)
+        here = [c for c in solvers if c.backend == self.backend]
+        if not here:
+            raise NoSolverError(
+                f"backend {self.backend!r} has no solver for method {self.method.name!r} "
+                f"({self.method.formulation.__name__}); backends that do: {sorted({c.backend for c in solvers})}. "
+                f"Fix: use backend='auto' or one of those.")
+        if all(c.missing_requirements() for c in here):
+            missing = sorted({m for c in here for m in c.missing_requirements()})
+            raise BackendUnavailable(
+                f"backend {self.backend!r} needs {missing}, which is not installed. "
+                f"Fix: pip install 'prunekit[reference]', or use backend='auto'.")
 
     @property
     def mode(self) -> str:
@@ -218,7 +288,8 @@ class Recipe:
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
-            raise DataError(f"recipe is not valid JSON: {exc}") from exc
+            raise DataError(f"recipe is not valid JSON: {exc}. Fix: repair the file (or write it as YAML with a "
+                            f".yaml suffix).") from exc
 
     def to_yaml(self) -> str:
         yaml = _yaml()
@@ -230,7 +301,9 @@ class Recipe:
         try:
             return cls.from_dict(yaml.load(text, Loader=_loader()) or {})
         except yaml.YAMLError as exc:
-            raise DataError(f"recipe is not valid YAML: {exc}") from exc
+            where = " ".join(str(exc).split())
+            raise DataError(f"recipe is not valid YAML: {where}. Fix: repair the file (quote values such as "
+                            f"'2:4').") from exc
 
     def save(self, path: str | Path) -> Path:
         """Write JSON (``.json``) or YAML (``.yaml``/``.yml``), chosen by the suffix."""
@@ -242,13 +315,97 @@ class Recipe:
     @classmethod
     def load(cls, path: str | Path) -> "Recipe":
         path = Path(path)
+        if path.is_dir():
+            raise DataError(f"recipe path {path} is a folder, not a file. Fix: pass the path of a .json or .yaml "
+                            f"recipe file.")
         if not path.is_file():
             raise DataError(f"recipe file {path} does not exist. Fix: pass the path of a .json or .yaml recipe.")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"cannot read recipe file {path}: {exc}") from exc
+            raise DataError(f"cannot read recipe file {path}: {exc}. Fix: save it as UTF-8 text, readable by "
+                            f"you.") from exc
         return cls.from_yaml(text) if path.suffix in (".yaml", ".yml") else cls.from_json(text)
+
+
+def prunable_widths(config: Mapping[str, Any], attention: str = "heads") -> dict[str, int]:
+    """Unit counts of the coupled groups a channel recipe prunes, read from an HF ``config.json`` dict:
+    ``{"MLP channels": intermediate size}`` plus ``"KV heads"`` (attention="heads") or ``"V/O channels"``
+    (attention="vo_channels").  Families whose config names none of these give ``{}``."""
+    cfg = dict(config.get("text_config") or {}) or dict(config)
+    hidden = cfg.get("hidden_size") or cfg.get("n_embd") or cfg.get("d_model")
+    mlp = cfg.get("intermediate_size") or cfg.get("ffn_dim") or cfg.get("n_inner")
+    if mlp is None and cfg.get("model_type") == "gpt2" and hidden:
+        mlp = 4 * hidden
+    heads = cfg.get("num_attention_heads") or cfg.get("n_head")
+    kv = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or (hidden // heads if hidden and heads else None)
+    out: dict[str, int] = {}
+    if isinstance(mlp, int) and mlp > 0:
+        out["MLP channels"] = mlp
+    if attention == "heads" and isinstance(kv, int) and kv > 0:
+        out["KV heads"] = kv
+    if attention == "vo_channels" and isinstance(kv, int) and isinstance(head_dim, int) and kv > 0 and head_dim > 0:
+        out["V/O channels"] = kv * head_dim
+    return out
+
+
+def check_recipe_fits(recipe: "Recipe", config: Mapping[str, Any]) -> None:
+    """Refuse a channel recipe that cannot prune anything from a model with this ``config.json`` (cheap: no
+    weights are read): every width, with its kept count rounded up to a multiple of ``round_to``, keeps all of
+    its units (e.g. ``round_to=1000`` on a model whose widths are all below 1000).
+
+    Raises
+    ------
+    FormulationError
+        Naming the widths, the largest ``round_to`` that still prunes, and the fix.
+    """
+    from .methods import units_pruned
+
+    if recipe.structure.kind != "channels" or recipe.round_to <= 1 or recipe.sparsity <= 0:
+        return
+    widths = prunable_widths(config, recipe.attention)
+    if not widths:
+        return
+    ratio = recipe.sparsity if recipe.allocation == "uniform" else recipe.max_sparsity
+    if any(units_pruned(n, ratio, recipe.round_to) > 0 for n in widths.values()):
+        return
+    best = max((r for r in range(1, max(widths.values()) + 1)
+                if any(units_pruned(n, ratio, r) > 0 for n in widths.values())), default=None)
+    shown = ", ".join(f"{k} {v}" for k, v in widths.items())
+    fix = f"use round_to <= {best} (the largest value that still prunes here)" if best else "raise the sparsity"
+    raise FormulationError(
+        f"round_to={recipe.round_to} prunes nothing from this model: rounding the kept width up to a multiple of "
+        f"{recipe.round_to} keeps every unit of each prunable width ({shown}) at sparsity {ratio:g}. Fix: {fix}, "
+        f"or drop round_to.")
+
+
+def _number(value) -> bool:
+    """A real number (not a bool) that is not NaN."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _choice(name: str, value, choices) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise FormulationError(f"{name} must be one of {list(choices)}, got {value!r}. Fix: use one of those.")
+
+
+def _check_option_types(method: Method, options: Mapping[str, Any]) -> None:
+    """Each option's value against the type annotation of its formulation field (``variant: bool`` ...)."""
+    import typing
+
+    from ..solvers.options import matches_type, type_name
+
+    try:
+        hints = typing.get_type_hints(method.formulation)
+    except Exception:  # noqa: BLE001 -- a user's formulation with unresolvable annotations: not checked here
+        return
+    for name, value in options.items():
+        if name in hints and not matches_type(hints[name], value):
+            fields = ", ".join(f"{n} ({type_name(hints[n])})" for n in method.options if n in hints)
+            raise FormulationError(
+                f"option {name}={value!r} of method {method.name!r} has type {type(value).__name__}, expected "
+                f"{type_name(hints[name])}. Fix: the options of {method.formulation.__name__} are: {fields}.")
 
 
 def _same_ratio(a, b) -> bool:
@@ -257,9 +414,14 @@ def _same_ratio(a, b) -> bool:
 
 def _build(cls, data: dict[str, Any], what: str):
     valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(valid))
+    unknown = sorted(set(data) - set(valid), key=str)
     if unknown:
-        raise DataError(f"unknown {what} key(s) {unknown}; valid keys: {valid}.")
+        import difflib
+
+        close = {u: difflib.get_close_matches(str(u), valid, n=1) for u in unknown}
+        hint = ", ".join(f"{u!r} -> {m[0]!r}" for u, m in close.items() if m)
+        raise DataError(f"unknown {what} key(s) {unknown}; valid keys: {valid}. "
+                        f"Fix: {'rename ' + hint if hint else 'remove or rename them'}.")
     return cls(**data)
 
 

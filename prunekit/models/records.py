@@ -63,7 +63,8 @@ class LayerRecord:
 
 @dataclass
 class RunReport:
-    """What one ``prune`` run did: the recipe, the model, parameters, times, per-layer records, perplexities."""
+    """What one ``prune`` run did: the recipe, the model, parameters, times, per-layer records, perplexities and
+    zero-shot task scores (``zero_shot_*``: :func:`prunekit.zero_shot.evaluate_tasks` dicts) before and after."""
 
     recipe: dict[str, Any]
     model: str = ""
@@ -82,6 +83,8 @@ class RunReport:
     output_dtype: Optional[str] = None
     ppl_before: Optional[dict[str, Any]] = None
     ppl_after: Optional[dict[str, Any]] = None
+    zero_shot_before: Optional[dict[str, Any]] = None
+    zero_shot_after: Optional[dict[str, Any]] = None
     layers: list[LayerRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)

@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from .calibration import capture_block_inputs, collect_grams, forward_block
+from .calibration import CalibrationSet, capture_block_inputs, collect_grams, forward_block
 from .methods import group_spec, kept_units_from_solution
 from .plan import GroupEdit, ModuleEdit, PruningPlan
 from .recipe import Recipe
 from .records import LayerRecord, versions
+from .memory import release_memory
 from .sinks import as_compute
 from .surgery import pruned_block
 
@@ -167,9 +168,13 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
         ``recipe.sparsity`` (``prunekit.models.allocate.allocate``).
     on_block : called as ``on_block(index, seconds)`` after each committed block.
     """
-    tokens = torch.as_tensor(calibration_tokens, dtype=torch.long)
+    tokens = CalibrationSet.coerce(calibration_tokens)  # LongTensor (n_s, L) or CalibrationSet
     if tokens.dim() != 2:
         raise ModelError(f"calibration tokens must be (nsamples, seqlen), got shape {tuple(tokens.shape)}.")
+    if ratios is not None:
+        from .allocate import check_ratios
+
+        ratios = check_ratios(ratios, store, recipe)
     dtype, device = DTYPES[recipe.dtype], torch.device(device)
     dense_inputs = recipe.mode.startswith("dense")
     start = time.perf_counter()
@@ -199,9 +204,8 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
             inputs = forward_block(stream, inputs, device=device, storage=storage)
         sink.commit(store, index, pruned, block_plan)
         store.release(index)
-        del dense, block
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        del dense, block, pruned
+        release_memory(device)
         elapsed = time.perf_counter() - t0
         objective = sum(r.objective for r in block_plan.records)
         log.info("block %d: objective %.6g, %d problems, %.2fs", index, objective, len(block_plan.records), elapsed)

@@ -130,6 +130,7 @@ def load_model(name_or_path, *, dtype: torch.dtype = torch.float32, device="cpu"
 def _load_folder(folder: Path, dtype, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    verify_checkpoint(folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
     except (OSError, ValueError) as exc:
@@ -139,6 +140,16 @@ def _load_folder(folder: Path, dtype, device):
     except (OSError, ValueError):
         tokenizer = None
     return model.to(device).eval(), tokenizer
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Stop before loading when the folder's safetensors do not match its config (missing, unexpected or mismatched
+    tensors: stock loaders would fill missing ones with random weights) or hold only pickles (never unpickled)."""
+    from .checkpoint import CheckpointReader, check_tensors, expected_tensors, open_skeleton
+
+    reader = CheckpointReader(folder)
+    expected, optional = expected_tensors(open_skeleton(folder))
+    check_tensors(reader, expected, optional=optional)
 
 
 def _load_gguf(folder: Path, gguf_file: str, dtype, device):

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, NonFiniteError
 from .adapters import FamilyAdapter, adapter_for
 from .groups import CoupledGroup
 from .plan import GroupEdit, PruningPlan
@@ -267,9 +267,13 @@ def _apply_edits_(model: nn.Module, adapter: FamilyAdapter, plan: PruningPlan, b
 @torch.no_grad()
 def apply_(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Apply ``plan`` to ``model`` **in place** (module edits, then physical removal of pruned units, then the
-    config fix-up) and return the model.  The plan itself is not modified."""
+    config fix-up) and return the model.  The plan itself is not modified.
+
+    Raises ModelError (a plan without weights, or made for another model) or NonFiniteError (NaN/Inf in a new
+    weight or bias, naming the module) before the model is touched."""
     adapter = adapter_for(model)
     _require_weights(plan)
+    _require_finite(plan)
     if getattr(model, "_prunekit_base_config", None) is None:  # the architecture to rebuild from (saving.py)
         model._prunekit_base_config = model.config.to_dict()
     if _apply_edits_(model, adapter, plan):
@@ -285,6 +289,22 @@ def _require_weights(plan: PruningPlan) -> None:
         raise ModelError(f"this plan holds kept units and records but not the new weights of {len(missing)} modules "
                          f"(e.g. {missing[0]}), so it cannot be replayed. Fix: replay a plan from prunekit.plan(...), "
                          f"or one saved with plan.save(folder, include_weights=True).")
+
+
+def _require_finite(plan: PruningPlan) -> None:
+    """Refuse a plan whose new weights or biases hold NaN/Inf *before* any module is touched (a damaged or
+    hand-edited plan would otherwise silently poison the model)."""
+    for key, edit in plan.module_edits.items():
+        for what, tensor in (("weight", edit.weight), ("bias", edit.bias)):
+            if tensor is None or not torch.is_tensor(tensor) or not tensor.is_floating_point():
+                continue
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise NonFiniteError(
+                    f"the plan's new {what} for module {edit.module or key!r} holds NaN/Inf ({bad} of "
+                    f"{tensor.numel()} entries); the model was not changed. Fix: recompute the plan (a solver "
+                    f"never returns NaN: the plan file was damaged or edited), e.g. with prunekit.plan(...).")
 
 
 @torch.no_grad()
@@ -340,6 +360,7 @@ def mask_model_(model: nn.Module, plan: PruningPlan) -> nn.Module:
     shape change (in place; returns the model)."""
     adapter = adapter_for(model)
     _require_weights(plan)
+    _require_finite(plan)
     resolved = _resolve_groups(model, adapter, plan)
     for name, edit in plan.module_edits.items():
         write_module_edit_(model, adapter, edit.module or name, edit.weight, edit.bias)

@@ -16,7 +16,7 @@ import torch as _torch  # not `torch`: the subpackage prunekit.solvers.torch wou
 
 from ..errors import NumericalError
 from .base import Solver
-from .options import ReferenceOptions, SolverOptions, build_options
+from .options import ReferenceOptions, SolverOptions, build_options, check_solver_options, option_fields, parse_device
 from .registry import (
     BACKENDS,
     backends_for,
@@ -48,7 +48,8 @@ def solve(formulation, backend: str = "auto", options: Optional[SolverOptions] =
     options : SolverOptions, optional
         The solver's options dataclass; defaults to the solver's ``options_type()``.
     **overrides
-        Field overrides applied to ``options`` (e.g. ``dtype="float64"``); unknown names raise TypeError.
+        Field overrides applied to ``options`` (e.g. ``dtype="float64"``); an unknown name or a wrongly typed
+        value raises :class:`~prunekit.errors.OptionsError` (a TypeError) listing the valid fields and types.
 
     Raises
     ------
@@ -94,7 +95,10 @@ __all__ = [
     "Solver",
     "SolverOptions",
     "backends_for",
+    "check_solver_options",
     "installed_backends",
+    "option_fields",
+    "parse_device",
     "register_solver",
     "registered",
     "resolve",

@@ -211,3 +211,16 @@ def test_hub_id_offline_is_one_clear_error_before_any_output(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert code == 2 and "HF_HUB_OFFLINE" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_load_model_refuses_a_checkpoint_missing_a_tensor(tmp_path):
+    """Property: the Python loader checks the safetensors against config.json before loading (stock loaders would
+    fill a missing tensor with random weights)."""
+    from safetensors.torch import load_file, save_file
+
+    src = write_checkpoint(tmp_path / "src")
+    state = load_file(str(src / "model.safetensors"))
+    state.pop("model.norm.weight")
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelError, match=r"missing 1 \[model.norm.weight\]"):
+        prunekit.load_model(str(src))
