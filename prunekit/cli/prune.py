@@ -9,7 +9,9 @@
 ``--method`` takes a built-in method name or ``package.module:Class`` / ``file.py:Class`` -- any Formulation with a
 ``sparsity`` field and a registered torch solver.  The model is streamed from its safetensors shards (hub id, local
 folder, GGUF or built-in name), so host memory stays O(one block); each finished block is committed, and
-``--resume`` continues a killed run.  ``OUT`` appears only when the run is complete: the model (safetensors in the
+``--resume`` continues a killed run.  ``torchrun --nproc_per_node N -m prunekit prune ...`` (any torch.distributed
+launcher, multi-node included) splits the calibration windows and the layer problems of each block across the N
+processes (``--device cuda``: one GPU each) and gives the single-process result; rank 0 writes.  ``OUT`` appears only when the run is complete: the model (safetensors in the
 checkpoint's dtype, a config stock ``from_pretrained`` reads), ``report.json`` (recipe, per-layer records,
 parameters, time, perplexity before/after with ``--eval``), ``plan/plan.json`` (kept units, provenance) and
 ``plot.png``.  Flags override the fields of ``--recipe FILE`` (JSON or YAML).
@@ -219,6 +221,7 @@ def _seconds(value: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import is_main_process
     from ..models.pipeline import EvalSettings, prune_checkpoint
 
     data_dir = args.data_dir  # None: the default folders of prunekit.data (a named folder is the only one searched)
@@ -229,12 +232,14 @@ def run(args: argparse.Namespace) -> int:
         evaluate = EvalSettings(args.eval_data, args.eval_seqlen, args.eval_windows, tasks=args.eval_tasks or (),
                                 include_path=args.eval_include_path, limit=args.eval_limit, perplexity=args.eval,
                                 progress=not args.no_progress)
-        evaluate.prepare()  # lm-eval installed, task names known, datasets cached: before any pruning
+        if is_main_process():  # under torchrun rank 0 alone evaluates (prune_checkpoint checks it for every rank)
+            evaluate.prepare()  # lm-eval installed, task names known, datasets cached: before any pruning
     report = prune_checkpoint(args.model, recipe, args.out, overwrite=args.overwrite, resume=args.resume,
                               device=args.device, progress=not args.no_progress, data_dir=data_dir,
                               evaluate=evaluate)
-    print("\n".join(summary_lines(report)))
-    print(f"saved to {args.out}")
+    if is_main_process():
+        print("\n".join(summary_lines(report)))
+        print(f"saved to {args.out}")
     return 0
 
 

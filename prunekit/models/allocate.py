@@ -63,38 +63,72 @@ def _proportional(vectors: list[torch.Tensor], numels: list[int]) -> list[torch.
 def importance_prepass(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu",
                        progress: bool = True) -> tuple[list[str], list[torch.Tensor]]:
     """Target keys and their unit-score vectors from one pass over the dense blocks of ``store``
-    (``prunekit.models.stores``: a model in memory or a checkpoint streamed block by block)."""
-    from .runner import DTYPES, block_targets
+    (``prunekit.models.stores``: a model in memory or a checkpoint streamed block by block).
+
+    Distributed (``prunekit.distributed``): each rank runs its own windows, each target's statistics are summed
+    onto the rank that scores it, and the score vectors are broadcast -- every rank returns the same result.
+    """
+    from ..distributed import current
+    from .runner import DTYPES, block_targets, solve_cost
     from .sinks import as_compute
 
+    ctx = current()
     model, adapter = store.model, store.adapter
     dtype = DTYPES[recipe.dtype]
     device = torch.device(device)
-    store.prepare()
-    inputs = capture_block_inputs(model, adapter, tokens, device=device, dtype=dtype)
+
+    def first_inputs():
+        local = ctx.local_windows(tokens)
+        store.prepare()
+        return capture_block_inputs(model, adapter, local, device=device, dtype=dtype)
+
+    inputs = ctx.checked(first_inputs)
     keys, vectors, numels = [], [], []
     iterator = range(len(store))
-    if progress:
+    if progress and ctx.is_main:
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc="prunekit allocation pre-pass", unit="block")
     for index in iterator:
-        dense = as_compute(store.load(index), device, dtype)
+        dense = ctx.checked(lambda: as_compute(store.load(index), device, dtype))
         targets = block_targets(model, adapter, index, dense, recipe)
-        accs = collect_grams(dense, inputs, [t.rel for t in targets], device=device)
-        for t in targets:
-            module = dense.get_submodule(t.rel)
-            layer = accs.pop(t.rel).layer_data(adapter.get_weight(module).detach(), damping=recipe.damping)
+        accs = ctx.checked(collect_grams, dense, inputs, [t.rel for t in targets], device=device)
+        owners = ctx.owners([solve_cost(dense.get_submodule(t.rel), adapter) for t in targets])
+        for t, owner in zip(targets, owners):
+            ctx.reduce_statistics_(accs[t.rel], dst=owner)
+
+        mine = ctx.checked(_score_own_targets, ctx.rank, targets, owners, accs, dense, adapter, recipe)
+        for t, owner in zip(targets, owners):
+            vector, numel = ctx.broadcast(mine.get(t.rel), src=owner)
             keys.append(t.key)
-            vectors.append(_unit_scores(layer, t, recipe.method))
-            numels.append(vectors[-1].numel() if t.group is not None else layer.weight.numel())
-        if index + 1 < len(store):
-            inputs = forward_block(dense, inputs, device=device)
-        store.release(index)
+            vectors.append(vector.to("cpu"))
+            numels.append(int(numel))
+        inputs = ctx.checked(_propagate_and_release, store, index, dense, inputs, device, last=index + 1 == len(store))
         del dense
     if recipe.structure.kind != "channels":
         vectors = _proportional(vectors, numels)
     return keys, vectors
+
+
+def _score_own_targets(rank: int, targets, owners, accs, dense, adapter, recipe: Recipe) -> dict:
+    """``{rel: (unit-score vector, weight count)}`` of the targets this rank owns (all of them when single)."""
+    mine = {}
+    for t, owner in zip(targets, owners):
+        acc = accs.pop(t.rel)
+        if owner != rank:
+            continue
+        module = dense.get_submodule(t.rel)
+        layer = acc.layer_data(adapter.get_weight(module).detach(), damping=recipe.damping)
+        vector = _unit_scores(layer, t, recipe.method)
+        mine[t.rel] = (vector, vector.numel() if t.group is not None else layer.weight.numel())
+    return mine
+
+
+def _propagate_and_release(store, index: int, dense, inputs, device, *, last: bool):
+    if not last:
+        inputs = forward_block(dense, inputs, device=device)
+    store.release(index)
+    return inputs
 
 
 def allocate(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu", progress: bool = True,

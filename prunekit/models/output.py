@@ -20,18 +20,18 @@ overwrites anything else.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import json
 import os
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from .. import __version__
 from ..errors import ModelError
+from .atomic import atomic_write, fsync_dir, json_bytes, read_json
+from .output_lock import OutputLock
 
 OUTPUT_MARKER = "prunekit_output.json"
 PARTIAL_MARKER = "prunekit_partial.json"
@@ -61,7 +61,7 @@ class OutputFolder:
         What :meth:`open` cleaned up (leftovers of killed runs), for the caller to report.
     """
 
-    def __init__(self, out: Path, partial: Path, lock: _Lock, fingerprint: Any, overwrite: bool,
+    def __init__(self, out: Path, partial: Path, lock: OutputLock, fingerprint: Any, overwrite: bool,
                  resumed: bool, notes: list[str]):
         self.out, self.partial, self._lock = out, partial, lock
         self.fingerprint, self.overwrite, self.resumed, self.notes = fingerprint, overwrite, resumed, notes
@@ -88,7 +88,7 @@ class OutputFolder:
         if not os.access(parent, os.W_OK | os.X_OK):
             raise ModelError(f"{parent} (the parent of --out {out}) is not writable. "
                              "Fix: choose an --out in a folder you can write.")
-        lock = _Lock.acquire(parent / f".{out.name}.prunekit.lock", out)
+        lock = OutputLock.acquire(parent / f".{out.name}.prunekit.lock", out)
         try:
             fp = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
             _check_out(out, overwrite)
@@ -109,7 +109,7 @@ class OutputFolder:
             else:
                 partial.mkdir()
                 created = _now()
-            _atomic_write(partial / PARTIAL_MARKER, _json_bytes(
+            atomic_write(partial / PARTIAL_MARKER, json_bytes(
                 {"fingerprint": fp, "prunekit_version": __version__, "created": created, "pid": os.getpid()}))
         except BaseException:
             lock.release()
@@ -132,22 +132,22 @@ class OutputFolder:
     def write_file(self, relpath, data: bytes | str) -> Path:
         """Write ``data`` (str as UTF-8) atomically: a reader sees the old file or the whole new one."""
         target = self.path(relpath)
-        _atomic_write(target, data.encode() if isinstance(data, str) else bytes(data))
+        atomic_write(target, data.encode() if isinstance(data, str) else bytes(data))
         return target
 
     def write_json(self, relpath, obj) -> Path:
         """Write ``obj`` as indented, key-sorted JSON, atomically."""
-        return self.write_file(relpath, _json_bytes(obj))
+        return self.write_file(relpath, json_bytes(obj))
 
     def read_state(self) -> dict:
         """The resume state last written by :meth:`write_state` (``{}`` if none or unreadable)."""
         self._check_open()
-        return _read_json(self.partial / PROGRESS_FILE) or {}
+        return read_json(self.partial / PROGRESS_FILE) or {}
 
     def write_state(self, state: dict) -> None:
         """Record the resume state (``prunekit_progress.json``) atomically."""
         self._check_open()
-        _atomic_write(self.partial / PROGRESS_FILE, _json_bytes(state))
+        atomic_write(self.partial / PROGRESS_FILE, json_bytes(state))
 
     # ------------------------------------------------------------------ ending
     def finish(self, marker: dict) -> Path:
@@ -161,7 +161,7 @@ class OutputFolder:
         state = _check_out(self.out, self.overwrite)
         out_marker = {**marker, "prunekit_version": __version__, "finished": _now()}
         out_marker.setdefault("fingerprint", self.fingerprint)
-        _atomic_write(self.partial / OUTPUT_MARKER, _json_bytes(out_marker))
+        atomic_write(self.partial / OUTPUT_MARKER, json_bytes(out_marker))
         for name in (PROGRESS_FILE, PARTIAL_MARKER):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.partial / name)
@@ -176,11 +176,11 @@ class OutputFolder:
                     with contextlib.suppress(OSError):
                         os.rename(old, self.out)
                     raise
-                _fsync_dir(parent)
+                fsync_dir(parent)
                 _remove_ours(old)
             else:  # absent or empty: rename(2) replaces an empty folder atomically and fails on a non-empty one
                 os.rename(self.partial, self.out)
-                _fsync_dir(parent)
+                fsync_dir(parent)
         except OSError as e:
             raise ModelError(f"could not move the finished output {self.partial} to {self.out} ({e.strerror}); "
                              "it is kept. Fix: make sure nothing else writes --out, then rerun with --resume.") from e
@@ -219,60 +219,6 @@ class OutputFolder:
         if self._state != "open":
             raise ModelError(f"the output folder for {self.out} is already {self._state}. "
                              "Fix: open a new OutputFolder.")
-
-
-class _Lock:
-    """An exclusive ``flock`` on a lock file that records the holder's pid."""
-
-    def __init__(self, path: Path, fd: int | None):
-        self.path, self.fd = path, fd
-
-    @classmethod
-    def acquire(cls, path: Path, out: Path) -> _Lock:
-        for _ in range(20):
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            except OSError as e:
-                raise ModelError(f"cannot create the lock file {path} ({e.strerror}). "
-                                 "Fix: choose an --out in a folder you can write.") from e
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise ModelError(f"another prunekit run (pid {pid}) is writing {out} (lock {path}). "
-                                 "Fix: wait for it to finish, or choose another --out.") from None
-            except OSError as e:
-                os.close(fd)
-                raise ModelError(f"cannot lock {path} ({e.strerror}); the file system may not support flock. "
-                                 "Fix: choose an --out on a local disk.") from e
-            lock = cls(path, fd)
-            if lock._is_current():  # else a finishing run unlinked the file we locked: lock the new one
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-                return lock
-            os.close(fd)
-        raise ModelError(f"could not take the lock {path}: it keeps being replaced. Fix: rerun.")
-
-    def _is_current(self) -> bool:
-        try:
-            a, b = os.fstat(self.fd), os.stat(self.path)
-        except OSError:
-            return False
-        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-    def release(self) -> None:
-        """Remove the lock file (only while holding it) and drop the lock.  Idempotent."""
-        if self.fd is None:
-            return
-        try:
-            if self._is_current():
-                os.unlink(self.path)
-        except OSError:
-            pass
-        finally:
-            os.close(self.fd)
-            self.fd = None
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -350,7 +296,7 @@ def _plan_partial(partial: Path, out: Path, fp, resume: bool, overwrite: bool) -
         raise ModelError(f"{partial} (prunekit's working folder for --out {out}) exists but has no "
                          f"{PARTIAL_MARKER}: prunekit did not write it and never deletes what it did not write. "
                          "Fix: move or remove it yourself, or choose another --out.")
-    info = _read_json(partial / PARTIAL_MARKER) or _read_json(partial / OUTPUT_MARKER) or {}
+    info = read_json(partial / PARTIAL_MARKER) or read_json(partial / OUTPUT_MARKER) or {}
     started = info.get("created") or info.get("finished") or "at an unknown time"
     if resume and info.get("fingerprint", _ABSENT) == fp:
         return "reuse", info
@@ -406,43 +352,6 @@ def _remove_ours(folder: Path) -> None:
     os.rmdir(folder)
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, chmod to ``0o666 & ~umask``, ``os.replace``; the temp never survives."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (``os.umask`` is not thread-safe) where Linux allows."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _free_name(path: Path) -> Path:
     candidate, i = path, 0
     while os.path.lexists(candidate):
@@ -458,18 +367,6 @@ def _tree_bytes(folder: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(root, name)).st_size
     return total
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
 def _now() -> str:

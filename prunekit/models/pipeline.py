@@ -112,54 +112,102 @@ def prune_checkpoint(model: Union[str, Path], recipe: Union[Recipe, Mapping[str,
     resume : continue an unfinished run with the same settings from its last committed block.
     evaluate : perplexity before and after (loads whole models; everything else streams).
     echo : where progress lines go (``print``), or None.
+
+    Under a torch.distributed launcher (``torchrun --nproc_per_node N -m prunekit prune ...``, multi-node included;
+    ``prunekit.distributed``) every rank runs this function: the calibration windows are split across ranks, the
+    statistics summed, the layer problems of each block solved in parallel; rank 0 alone reads the calibration
+    source, opens ``out``, writes the output and evaluates.  The model must be readable on every node.  Every rank
+    returns the report (on ranks other than 0 without the evaluation, which rank 0 runs after the others leave);
+    an error on any rank is raised on every rank.
     """
+    from ..distributed import session
+    from ..solvers.options import parse_device
+
+    device = parse_device(device)
+    with session(device) as (ctx, device):
+        return _prune_checkpoint(ctx, model, recipe, out, overwrite=overwrite, resume=resume, device=device,
+                                 progress=progress and ctx.is_main, data_dir=data_dir, cache_dir=cache_dir,
+                                 evaluate=evaluate, on_block=on_block, echo=echo if ctx.is_main else None)
+
+
+def _prune_checkpoint(ctx, model, recipe, out, *, overwrite, resume, device, progress, data_dir, cache_dir, evaluate,
+                      on_block, echo) -> RunReport:
     from .checkpoint import CheckpointReader
     from .output import OutputFolder
-    from .sinks import CheckpointSink
+    from .sinks import CheckpointSink, RankZeroSink
     from .sources import checkpoint_folder
     from .stores import CheckpointBlocks
 
     from ..calibration_sources import check_source
-    from ..solvers.options import parse_device
     from .recipe import check_recipe_fits
 
     start = time.perf_counter()
     say = echo or (lambda *a, **k: None)
-    recipe = Recipe.coerce(recipe)
-    device = parse_device(device)
-    if evaluate is not None:
-        evaluate.prepare()
-    check_source(recipe.calibration.source, data_dir)
-    folder = checkpoint_folder(model, cache_dir=cache_dir)
-    _refuse_rebuild_format(folder)
-    check_recipe_fits(recipe, _read_config(folder))
-    reader = CheckpointReader(folder)
-    output = OutputFolder.open(out, overwrite=overwrite, resume=resume,
-                               fingerprint=fingerprint(recipe, str(model), folder, reader),
-                               needed_bytes=int(reader.total_bytes * 1.1) + (64 << 20), protected=[folder])
+
+    def checked_recipe() -> Recipe:
+        typed = Recipe.coerce(recipe)
+        if ctx.is_main:  # rank 0 alone evaluates and reads the calibration source
+            if evaluate is not None:
+                evaluate.prepare()
+            check_source(typed.calibration.source, data_dir)
+        return typed
+
+    recipe = ctx.checked(checked_recipe)
+    folder = ctx.node_first(lambda: checkpoint_folder(model, cache_dir=cache_dir))
+
+    def checked_reader() -> CheckpointReader:
+        _refuse_rebuild_format(folder)
+        check_recipe_fits(recipe, _read_config(folder))
+        return CheckpointReader(folder)
+
+    reader = ctx.checked(checked_reader)
+
+    def new_sink() -> CheckpointSink:
+        output = OutputFolder.open(out, overwrite=overwrite, resume=resume,
+                                   fingerprint=fingerprint(recipe, str(model), folder, reader),
+                                   needed_bytes=int(reader.total_bytes * 1.1) + (64 << 20), protected=[folder])
+        try:
+            return CheckpointSink(output)
+        except BaseException:
+            _abandon(output)
+            raise
+
+    sink = RankZeroSink.open(ctx, new_sink) if ctx.active else new_sink()
+    output = sink.output  # None on ranks other than 0
     try:
-        for note in output.notes:
+        for note in output.notes if output is not None else ():
             say(f"prunekit: {note}")
-        store = CheckpointBlocks(folder)
-        tokenizer = _tokenizer(folder)
-        sink = CheckpointSink(output)
-        if sink.resume_from:
-            say(f"resuming {output.out}: {sink.resume_from} of {len(store)} blocks already committed", flush=True)
-        tokens = _calibration(recipe, tokenizer, folder, data_dir)
-        ratios = _ratios(store, recipe, tokens, sink, device=device, progress=progress)
+        store = ctx.checked(CheckpointBlocks, folder)
+        kept = {}
+
+        def read_calibration():  # rank 0: the tokenizer and the windows (they reach every rank)
+            kept["tokenizer"] = tokenizer = _tokenizer(folder)
+            if sink.resume_from:
+                say(f"resuming {output.out}: {sink.resume_from} of {len(store)} blocks already committed", flush=True)
+            return _calibration(recipe, tokenizer, folder, data_dir)
+
+        tokens = ctx.from_main(read_calibration)
+        ratios = _ratios(ctx, store, recipe, tokens, sink, device=device, progress=progress)
         t0 = time.perf_counter()
         from .runner import run
 
         plan = run(store, recipe, tokens, sink, device=device, progress=progress, ratios=ratios, on_block=on_block)
         prune_s = time.perf_counter() - t0
-        layout = finalize(store, sink, output, folder)
-        report = RunReport(
-            recipe=recipe.to_dict(), model=str(model), family=store.adapter.name, mode=recipe.mode,
-            device=str(device), calibration_shape=tuple(tokens.shape),
-            params_before=_numel(reader, reader.names), params_after=_numel_written(output),
-            time_prune_s=prune_s, resumed_from_block=sink.resume_from, output_format=layout.format,
-            output_dtype=str(store.dtype).replace("torch.", ""), layers=list(plan.records),
-            notes=list(layout.notes), versions=versions())
+
+        def conclude() -> RunReport:  # rank 0: the model files; the report reaches every rank
+            kept["layout"] = layout = finalize(store, sink, output, folder)
+            return RunReport(
+                recipe=recipe.to_dict(), model=str(model), family=store.adapter.name, mode=recipe.mode,
+                device=str(device), calibration_shape=tuple(tokens.shape),
+                params_before=_numel(reader, reader.names), params_after=_numel_written(output),
+                time_prune_s=prune_s, resumed_from_block=sink.resume_from, output_format=layout.format,
+                output_dtype=str(store.dtype).replace("torch.", ""), layers=list(plan.records),
+                notes=list(layout.notes), versions=versions())
+
+        report = ctx.from_main(conclude)
+        if output is None:  # not rank 0: done (rank 0 evaluates and finishes the output on its own)
+            return report
+        layout, tokenizer = kept["layout"], kept["tokenizer"]
         if evaluate is not None:
             _perplexities(report, evaluate, folder, output.partial, tokenizer, recipe, data_dir, device, say)
         report.time_total_s = time.perf_counter() - start
@@ -172,11 +220,22 @@ def prune_checkpoint(model: Union[str, Path], recipe: Union[Recipe, Mapping[str,
                                     structure=str(recipe.structure)))
         return report
     except BaseException:
-        if output.state == "open" and not output.read_state().get("blocks"):
-            output.discard()  # nothing committed: nothing worth resuming is kept
+        if output is not None:
+            _abandon(output, close=False)
         raise
     finally:
-        output.close()
+        if output is not None:
+            output.close()
+
+
+def _abandon(output, close: bool = True) -> None:
+    """After an error: discard a partial run with nothing committed (nothing worth resuming is kept)."""
+    try:
+        if output.state == "open" and not output.read_state().get("blocks"):
+            output.discard()
+    finally:
+        if close:
+            output.close()
 
 
 def _read_config(folder: Path) -> dict:
@@ -235,7 +294,7 @@ def _calibration(recipe: Recipe, tokenizer, folder: Path, data_dir):
     return calib if calib.padded else calib.input_ids  # string sources give unpadded windows unless input_ids rows
 
 
-def _ratios(store, recipe: Recipe, tokens, sink, *, device, progress) -> Optional[dict[str, float]]:
+def _ratios(ctx, store, recipe: Recipe, tokens, sink, *, device, progress) -> Optional[dict[str, float]]:
     if recipe.allocation == "uniform":
         return None
     if "ratios" in sink.extra:
@@ -243,6 +302,7 @@ def _ratios(store, recipe: Recipe, tokens, sink, *, device, progress) -> Optiona
     from .allocate import allocate
 
     ratios = allocate(store, recipe, tokens, device=device, progress=progress)
+    ratios = ctx.broadcast(ratios, src=0)  # every rank prunes with rank 0's ratios
     sink.save_extra(ratios=ratios)
     return ratios
 

@@ -24,11 +24,12 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
+from ..distributed import SINGLE, current
 from ..errors import ModelError
 from .calibration import CalibrationSet, capture_block_inputs, collect_grams, forward_block
 from .methods import group_spec, kept_units_from_solution
@@ -105,50 +106,122 @@ def _solve_target(target: Target, dense: nn.Module, acc, adapter, recipe: Recipe
 
 
 def _write(module: nn.Module, adapter, solution) -> None:
-    """Write a solution into a work copy so that later stages of the block see the pruned operator."""
-    adapter.set_weight(module, solution.weights)
+    """Write a solution (or an :class:`Outcome`) into a work copy so that later stages of the block see the pruned
+    operator."""
+    adapter.set_weight(module, solution.weights.to(module.weight.device))
     if solution.bias is not None:
         with torch.no_grad():
             if getattr(module, "bias", None) is None:
-                module.bias = nn.Parameter(solution.bias.detach().to(module.weight.dtype).clone())
+                module.bias = nn.Parameter(solution.bias.detach().to(module.weight.device, module.weight.dtype).clone())
             else:
-                module.bias.copy_(solution.bias.to(module.bias.dtype))
+                module.bias.copy_(solution.bias.to(module.bias.device, module.bias.dtype))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a block needs from one solved target: the new weight and bias (compute dtype, on the solver's device;
+    None when nothing is pruned), the kept units of a coupled group, and the record."""
+
+    weights: Optional[torch.Tensor]
+    bias: Optional[torch.Tensor]
+    kept_units: Optional[tuple[int, ...]]
+    record: LayerRecord
+
+
+def _outcome(target: Target, dense: nn.Module, acc, adapter, recipe: Recipe, ratio: float, index: int) -> Outcome:
+    solution, record = _solve_target(target, dense, acc, adapter, recipe, ratio, index)
+    if solution is None:
+        return Outcome(None, None, None, record)
+    kept = None if target.group is None else kept_units_from_solution(solution, target.group.units)
+    return Outcome(solution.weights, solution.bias, kept, record)
+
+
+def _stage_outcomes(ctx, stage_targets: list[Target], accs: dict, solve,
+                    costs: list[int]) -> Iterator[tuple[Target, Outcome]]:
+    """(target, outcome) for each target of a stage, in order.
+
+    Single process: solved one after the other.  Distributed: each target's statistics are summed onto its owner
+    (:meth:`~prunekit.distributed.Context.owners`, by ``costs``), every rank solves its own targets, then each
+    outcome is broadcast from its owner, so every rank gets the same tensors.
+    """
+    if not ctx.active:
+        for target in stage_targets:
+            yield target, solve(target, accs.pop(target.rel))
+        return
+    owners = ctx.owners(costs)
+    for target, owner in zip(stage_targets, owners):
+        ctx.reduce_statistics_(accs[target.rel], dst=owner)
+
+    def solve_mine() -> dict[str, Outcome]:
+        mine = {}
+        for target, owner in zip(stage_targets, owners):
+            acc = accs.pop(target.rel)
+            if owner == ctx.rank:
+                mine[target.rel] = solve(target, acc)
+        return mine
+
+    mine = ctx.checked(solve_mine)
+    for target, owner in zip(stage_targets, owners):
+        outcome = mine.pop(target.rel, None)
+        sent = None if outcome is None else (outcome.weights, outcome.bias, outcome.kept_units, outcome.record)
+        weights, bias, kept, record = ctx.broadcast(sent, src=owner)
+        yield target, Outcome(weights, bias, kept, record)
+
+
+def solve_cost(module: nn.Module, adapter) -> int:
+    """Rough cost of one layer problem on an m x n weight: n^2 (m + n) (a factorization of G and a pass over
+    the rows), used to balance targets across ranks."""
+    m, n = adapter.get_weight(module).shape
+    return int(n) * int(n) * (int(m) + int(n))
 
 
 def prune_block(store, index: int, block: nn.Module, inputs, recipe: Recipe, *, device, dtype,
-                ratios: Optional[dict[str, float]]) -> tuple[PruningPlan, nn.Module]:
-    """Solve every target of one block; returns the block's plan (edits in the block's dtype) and the dense copy."""
+                ratios: Optional[dict[str, float]], ctx=SINGLE) -> tuple[PruningPlan, nn.Module]:
+    """Solve every target of one block; returns the block's plan (edits in the block's dtype) and the dense copy.
+
+    With a distributed ``ctx`` (``prunekit.distributed``) ``inputs`` are this rank's windows; the statistics are
+    summed over ranks, the targets solved in parallel and their solutions broadcast, so every rank returns the
+    same plan.
+    """
     model, adapter = store.model, store.adapter
     sequential = recipe.mode.endswith("sequential")
-    dense = as_compute(block, device, dtype)
-    work = copy.deepcopy(dense) if sequential else dense  # receives the solutions (sequential X*)
-    targets = block_targets(model, adapter, index, dense, recipe)
-    stages = adapter.stages(dense) if sequential else [[t.rel for t in targets]]
+
+    def setup():
+        dense = as_compute(block, device, dtype)
+        work = copy.deepcopy(dense) if sequential else dense  # receives the solutions (sequential X*)
+        targets = block_targets(model, adapter, index, dense, recipe)
+        stages = adapter.stages(dense) if sequential else [[t.rel for t in targets]]
+        return dense, work, targets, stages
+
+    dense, work, targets, stages = ctx.checked(setup)
     wdtype = next(block.parameters()).dtype
     out = PruningPlan()
+
+    def solve(target: Target, acc) -> Outcome:
+        ratio = recipe.sparsity if ratios is None else float(ratios.get(target.key, recipe.sparsity))
+        return _outcome(target, dense, acc, adapter, recipe, ratio, index)
+
     for stage in stages:
         stage_targets = [t for t in targets if t.rel in stage]
         if not stage_targets:
             continue
-        accs = collect_grams(dense, inputs, [t.rel for t in stage_targets], device=device,
-                             star_block=work if sequential else None)
-        for target in stage_targets:
-            ratio = recipe.sparsity if ratios is None else float(ratios.get(target.key, recipe.sparsity))
-            solution, record = _solve_target(target, dense, accs.pop(target.rel), adapter, recipe, ratio, index)
-            out.records.append(record)
-            if solution is None:
+        accs = ctx.checked(collect_grams, dense, inputs, [t.rel for t in stage_targets], device=device,
+                           star_block=work if sequential else None)
+        costs = [solve_cost(dense.get_submodule(t.rel), adapter) for t in stage_targets]
+        for target, outcome in _stage_outcomes(ctx, stage_targets, accs, solve, costs):
+            out.records.append(outcome.record)
+            if outcome.weights is None:
                 continue
             if sequential:
-                _write(work.get_submodule(target.rel), adapter, solution)
+                _write(work.get_submodule(target.rel), adapter, outcome)
             out.module_edits[target.name] = ModuleEdit(
-                module=target.name, weight=solution.weights.detach().to("cpu", wdtype),
-                bias=None if solution.bias is None else solution.bias.detach().to("cpu", wdtype),
+                module=target.name, weight=outcome.weights.detach().to("cpu", wdtype),
+                bias=None if outcome.bias is None else outcome.bias.detach().to("cpu", wdtype),
                 sparsity_kind={"nm": "n:m"}.get(recipe.structure.kind, recipe.structure.kind),
-                note=record.formulation or "")
+                note=outcome.record.formulation or "")
             if target.group is not None:
                 out.group_edits[target.group.name] = GroupEdit(
-                    group=target.group.name, kind=target.group.kind,
-                    kept_units=kept_units_from_solution(solution, target.group.units),
+                    group=target.group.name, kind=target.group.kind, kept_units=outcome.kept_units,
                     num_units=target.group.num_units)
     return out, dense
 
@@ -171,6 +244,7 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
     tokens = CalibrationSet.coerce(calibration_tokens)  # LongTensor (n_s, L) or CalibrationSet
     if tokens.dim() != 2:
         raise ModelError(f"calibration tokens must be (nsamples, seqlen), got shape {tuple(tokens.shape)}.")
+    ctx = current()  # prunekit.distributed: SINGLE unless a process group of several ranks is initialized
     if ratios is not None:
         from .allocate import check_ratios
 
@@ -178,11 +252,16 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
     dtype, device = DTYPES[recipe.dtype], torch.device(device)
     dense_inputs = recipe.mode.startswith("dense")
     start = time.perf_counter()
-    store.prepare()
-    inputs = capture_block_inputs(store.model, store.adapter, tokens, device=device, dtype=dtype, storage=storage)
+
+    def first_inputs():
+        local = ctx.local_windows(tokens)  # this rank's windows (all of them when single)
+        store.prepare()
+        return capture_block_inputs(store.model, store.adapter, local, device=device, dtype=dtype, storage=storage)
+
+    inputs = ctx.checked(first_inputs)
     iterator = range(len(store))
     bar = None
-    if progress:
+    if progress and ctx.is_main:
         from tqdm.auto import tqdm
 
         bar = iterator = tqdm(iterator, desc=f"prunekit {recipe.method.name} {recipe.structure}", unit="block")
@@ -190,25 +269,24 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
         t0 = time.perf_counter()
         last = index + 1 == len(store)
         if index < sink.resume_from:  # committed by an earlier (killed) run: only propagate through it
+            committed = None
             if not last:
-                committed = store.load(index) if dense_inputs else sink.committed(store, index)
-                inputs = forward_block(as_compute(committed, device, dtype), inputs, device=device, storage=storage)
-            store.release(index)
+                committed = ctx.checked(store.load, index) if dense_inputs else sink.committed(store, index)
+            inputs = ctx.checked(_propagate_and_release, store, index, committed, inputs, device, dtype, storage)
             continue
-        block = store.load(index)
+        block = ctx.checked(store.load, index)
         block_plan, dense = prune_block(store, index, block, inputs, recipe, device=device, dtype=dtype,
-                                        ratios=ratios)
-        pruned = pruned_block(store.model, store.adapter, index, block_plan)
-        if not last:
-            stream = dense if dense_inputs else as_compute(pruned, device, dtype)
-            inputs = forward_block(stream, inputs, device=device, storage=storage)
-        sink.commit(store, index, pruned, block_plan)
-        store.release(index)
-        del dense, block, pruned
+                                        ratios=ratios, ctx=ctx)
+
+        stream = dense if dense_inputs else None  # None: propagate through the pruned block
+        inputs = ctx.checked(_commit, store, sink, index, block_plan, stream, inputs, last, device, dtype, storage)
+        del dense, block
         release_memory(device)
         elapsed = time.perf_counter() - t0
         objective = sum(r.objective for r in block_plan.records)
-        log.info("block %d: objective %.6g, %d problems, %.2fs", index, objective, len(block_plan.records), elapsed)
+        if ctx.is_main:
+            log.info("block %d: objective %.6g, %d problems, %.2fs", index, objective, len(block_plan.records),
+                     elapsed)
         if bar is not None:
             bar.set_postfix(objective=f"{objective:.4g}", time=f"{elapsed:.1f}s")
         if on_block is not None:
@@ -219,7 +297,30 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
         "model_type": getattr(store.model.config, "model_type", None), "mode": recipe.mode, "device": str(device),
         "calibration_shape": list(tokens.shape), "time_s": time.perf_counter() - start, "versions": versions(),
     }
+    if ctx.active:
+        plan.provenance["processes"] = ctx.world_size
     return plan
 
 
-__all__ = ["DTYPES", "Target", "block_targets", "prune_block", "run"]
+def _commit(store, sink, index: int, block_plan: PruningPlan, stream, inputs, last: bool, device, dtype, storage):
+    """One rank's own work after a block is solved: build the pruned block, propagate this rank's windows through
+    ``stream`` (the dense copy) or the pruned block, commit it to the sink (which writes on rank 0 only when
+    distributed) and release the block.  Returns the next block's inputs."""
+    pruned = pruned_block(store.model, store.adapter, index, block_plan)
+    if not last:
+        stream = stream if stream is not None else as_compute(pruned, device, dtype)
+        inputs = forward_block(stream, inputs, device=device, storage=storage)
+    sink.commit(store, index, pruned, block_plan)
+    store.release(index)
+    return inputs
+
+
+def _propagate_and_release(store, index: int, committed, inputs, device, dtype, storage):
+    """Inputs of block ``index + 1`` through an already committed block (``committed`` None: the last block)."""
+    if committed is not None:
+        inputs = forward_block(as_compute(committed, device, dtype), inputs, device=device, storage=storage)
+    store.release(index)
+    return inputs
+
+
+__all__ = ["DTYPES", "Outcome", "Target", "block_targets", "prune_block", "run", "solve_cost"]

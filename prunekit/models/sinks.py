@@ -10,6 +10,10 @@ The runner hands every finished block to a sink as ``commit(index, pruned_block,
   checkpoint's dtype, then commits a resume point atomically (``prunekit_progress.json``: blocks done, their kept
   units and records).  :meth:`CheckpointSink.committed` rebuilds a committed block from its shard, so a resumed
   run propagates calibration inputs through exactly the tensors an uninterrupted run used.
+
+In a distributed run (``prunekit.distributed``) every rank builds the same pruned blocks but only rank 0 owns the
+output: :class:`RankZeroSink` wraps rank 0's :class:`CheckpointSink` and gives the other ranks what they need
+(the resume point, saved run values, the committed blocks of a resumed run) through broadcasts.
 """
 
 from __future__ import annotations
@@ -90,17 +94,103 @@ class CheckpointSink(PlanSink):
         })
         self._write_state()
 
+    def committed_groups(self, index: int) -> dict[str, GroupEdit]:
+        """The group edits (kept units) of committed block ``index``."""
+        return {k: GroupEdit(**{**g, "kept_units": tuple(g["kept_units"])})
+                for k, g in self._done[index]["group_edits"].items()}
+
     def committed(self, store, index: int) -> nn.Module:
         """The pruned block ``index`` as committed (shapes from its kept units, tensors from its shard)."""
         from safetensors.torch import load_file
 
         prefix = store.adapter.block_prefix(store.model, index)
-        entry = self._done[index]
-        groups = {k: GroupEdit(**{**g, "kept_units": tuple(g["kept_units"])}) for k, g in entry["group_edits"].items()}
+        groups = self.committed_groups(index)
         store.load(index)
         block = pruned_block(store.model, store.adapter, index, PruningPlan(group_edits=groups))
         state = load_file(str(self.output.path(block_shard(index))))
         load_block_state_(block, {k[len(prefix) + 1:]: v for k, v in state.items()})
+        replace_block_(store.model, store.adapter, index, block)
+        return block
+
+
+class RankZeroSink:
+    """The sink of a distributed run whose output rank 0 writes (``prunekit.distributed``).
+
+    Rank 0 holds the real sink (``inner``, a :class:`CheckpointSink`); the other ranks hold None.  Guarantees:
+
+    * :attr:`resume_from` and :attr:`extra` are rank 0's values on every rank (broadcast once on construction);
+    * :meth:`commit` is each rank's own work (the runner calls it inside ``Context.checked``): rank 0 writes the
+      shard and the resume point, the others only put the pruned block into their model;
+    * :meth:`committed` and :meth:`save_extra` are collective: rank 0 reads or writes, every rank gets the result
+      (or rank 0's exception).
+
+    Use :meth:`open`, which runs the factory of the inner sink on rank 0 and shares its state.
+    """
+
+    def __init__(self, ctx, inner: Optional["CheckpointSink"], resume_from: int, extra: dict):
+        self.ctx = ctx
+        self.inner = inner
+        self.resume_from = int(resume_from)
+        self.extra = dict(extra)
+        self._plan = PruningPlan()
+
+    @classmethod
+    def open(cls, ctx, factory) -> "RankZeroSink":
+        """``factory()`` (the inner sink) on rank 0; its resume point and saved values on every rank.  An exception
+        of the factory is raised on every rank."""
+        made = {}
+
+        def make():
+            made["sink"] = factory()
+            return made["sink"].resume_from, dict(made["sink"].extra)
+
+        resume_from, extra = ctx.from_main(make)
+        return cls(ctx, made.get("sink"), resume_from, extra)
+
+    @property
+    def plan(self) -> PruningPlan:
+        return self.inner.plan if self.inner is not None else self._plan
+
+    @property
+    def writer(self):
+        return self.inner.writer if self.inner is not None else None
+
+    @property
+    def output(self):
+        """Rank 0's ``OutputFolder``; None on the other ranks."""
+        return self.inner.output if self.inner is not None else None
+
+    def save_extra(self, **values) -> None:
+        """Persist run-level values (rank 0 writes; collective)."""
+        self.ctx.from_main(lambda: self.inner.save_extra(**values))
+        self.extra.update(values)
+
+    def commit(self, store, index: int, block: nn.Module, block_plan: PruningPlan) -> None:
+        if self.inner is not None:
+            self.inner.commit(store, index, block, block_plan)
+        else:
+            replace_block_(store.model, store.adapter, index, block)
+            self.plan.merge_(block_plan, keep_weights=False)
+
+    def committed(self, store, index: int) -> nn.Module:
+        """The committed block ``index`` on every rank: rank 0 reads its shard, the tensors and kept units are
+        broadcast, the other ranks rebuild the block from them (collective)."""
+        kept: dict = {}
+
+        def read():
+            kept["block"] = block = self.inner.committed(store, index)
+            return self.inner.committed_groups(index), dict(block.state_dict())
+
+        groups, state = self.ctx.from_main(read)
+        if self.inner is not None:
+            return self.ctx.checked(lambda: kept["block"])
+        return self.ctx.checked(self._rebuild, store, index, groups, state)
+
+    @staticmethod
+    def _rebuild(store, index: int, groups: dict, state: dict) -> nn.Module:
+        store.load(index)
+        block = pruned_block(store.model, store.adapter, index, PruningPlan(group_edits=groups))
+        load_block_state_(block, {k: v.to("cpu") for k, v in state.items()})
         replace_block_(store.model, store.adapter, index, block)
         return block
 
@@ -112,4 +202,4 @@ def as_compute(block: nn.Module, device, dtype: torch.dtype) -> nn.Module:
     return copy.deepcopy(block).to(device=device, dtype=dtype).eval()
 
 
-__all__ = ["CheckpointSink", "ModelSink", "PlanSink", "as_compute", "block_shard"]
+__all__ = ["CheckpointSink", "ModelSink", "PlanSink", "RankZeroSink", "as_compute", "block_shard"]

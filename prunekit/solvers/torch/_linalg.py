@@ -51,9 +51,14 @@ def spd_solve_right(rhs: torch.Tensor, matrix: torch.Tensor, damping: float, *, 
 
 
 def spd_inverse(matrix: torch.Tensor, damping: float, *, max_tries: int = 8) -> tuple[torch.Tensor, float]:
-    """Inverse of ``matrix + damping I`` through its Cholesky factor; returns ``(inverse, damping_used)``."""
+    """Inverse of ``matrix + damping I`` through its Cholesky factor; returns ``(inverse, damping_used)``.
+
+    Computed as ``cholesky_solve(I, L)`` (two triangular solves), measured ~1.5x faster than
+    ``cholesky_inverse`` on CPU at n = 2816; equal up to rounding (not bitwise symmetric: symmetrize if needed).
+    """
     factor, used = damped_cholesky(matrix, damping, max_tries=max_tries)
-    return torch.cholesky_inverse(factor), used
+    eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
+    return torch.cholesky_solve(eye, factor), used
 
 
 def upper_cholesky_of_inverse(matrix: torch.Tensor, damping: float, *, max_tries: int = 8) -> tuple[torch.Tensor, float]:

@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from .masked_lstsq import columns_lstsq
+
 
 def p_step(w2: torch.Tensor, b2: Optional[torch.Tensor], y: torch.Tensor, act: torch.Tensor,
            beta: float, gamma: float) -> torch.Tensor:
@@ -93,12 +95,18 @@ def neuron_scores(w2: torch.Tensor, p: torch.Tensor, score: str) -> torch.Tensor
 
 
 def restore_columns_lstsq(p: torch.Tensor, target: torch.Tensor, keep: torch.Tensor, damping: float = 0.01) -> torch.Tensor:
-    """W2 (d, h) minimizing ||p_K W2_K^T - target||^2 (damped by ``damping`` mean diag), zero off the kept neurons."""
+    """W2 (d, h) minimizing ||p_K W2_K^T - target||^2 (damped by ``damping`` mean diag), zero off the kept neurons.
+
+    The cross form of the shared kernel (:func:`~.masked_lstsq.columns_lstsq`): ``W2_K = (target^T p_K)
+    (p_K^T p_K + lambda I)^{-1}`` with one Cholesky.  ``lambda = damping * mean diag(p_K^T p_K)`` (1e-12 when
+    that is 0) is the SparseLLM code's convention, which its reference twin mirrors.
+    """
     pk = p[:, keep]
     g = pk.T @ pk
     lam = damping * float(g.diagonal().mean()) if g.numel() else 0.0
     lam = lam if lam > 0 else 1e-12
-    g = g + lam * torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
     w2 = torch.zeros(target.shape[1], p.shape[1], dtype=p.dtype, device=p.device)
-    w2[:, keep] = torch.linalg.solve(g, pk.T @ target).T
+    if g.numel():
+        kept = torch.ones(g.shape[0], dtype=torch.bool, device=p.device)
+        w2[:, keep] = columns_lstsq(g, lam, kept, cross=target.T @ pk)[0]
     return w2

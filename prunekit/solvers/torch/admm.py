@@ -2,7 +2,8 @@
 
 One Cholesky factor of ``2 G + rho I`` serves every W-step while rho is constant (it is refactorized only
 when ``rho_growth > 1`` changes rho).  The Z-step is the structured projection of ``W + U`` by the
-formulation's ``projection_score``; the final weights are the closed-form restoration on the support of Z.
+formulation's ``projection_score``; the final weights are the closed-form restoration on the support of Z
+(:func:`~.masked_lstsq.restore_layer`, the damping of ``LayerData.damped_gram``).
 The iteration stops early when the mask has not changed and both residuals are below
 ``options.tol * ||W0||_F``.
 """
@@ -17,6 +18,7 @@ from ..base import Solver
 from ..registry import register_solver
 from ..solution import Solution
 from ._linalg import damped_cholesky
+from .masked_lstsq import masked_lstsq, restore_layer
 
 
 def admm_projection(v: torch.Tensor, spec: SparsitySpec, score: str, input_norms: torch.Tensor) -> torch.Tensor:
@@ -33,20 +35,10 @@ def admm_projection(v: torch.Tensor, spec: SparsitySpec, score: str, input_norms
 def restore_on_mask(w0: torch.Tensor, gram: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Closed-form least squares on a fixed support: W'_S = (W0 G)_{:,S} (G_SS)^{-1}, W'_P = 0.
 
-    ``gram`` must be positive definite (the damped Gram).  Rows sharing one support are solved together.
+    ``gram`` must be positive definite (the damped Gram).  Solved by the shared kernel
+    :func:`~.masked_lstsq.masked_lstsq` (one |S| x |S| factorization when the rows share S).
     """
-    b = w0 @ gram
-    out = torch.zeros_like(w0)
-    uniq, inverse = torch.unique(mask, dim=0, return_inverse=True)
-    for u in range(uniq.shape[0]):
-        rows = (inverse == u).nonzero().squeeze(1)
-        keep = uniq[u].nonzero().squeeze(1)
-        if keep.numel() == 0:
-            continue
-        factor, _ = damped_cholesky(gram[keep][:, keep], 0.0)
-        sol = torch.cholesky_solve(b[rows][:, keep].T, factor).T
-        out[rows.unsqueeze(1), keep.unsqueeze(0)] = sol
-    return out
+    return masked_lstsq(gram, mask, target=w0, damping=0.0)[0]
 
 
 def w_step(w0: torch.Tensor, gram: torch.Tensor, v: torch.Tensor, rho: float) -> torch.Tensor:
@@ -95,13 +87,10 @@ class TorchADMM(Solver):
                 u = u * (rho / rho_new)
                 rho = rho_new
                 factor, used = damped_cholesky(2.0 * gd, rho, max_tries=options.max_damping_tries)
-        if spec.structured:
-            weights = restore_on_mask(w0, gd, mask)  # one shared |S| x |S| solve
-        else:  # per-row kept sets: the batched Lagrange-form restoration of closed_form (same optimum)
-            from .closed_form import restore
-
-            weights, _ = restore(layer, mask, dtype=dtype, device=device, row_batch=options.row_batch,
-                                 max_tries=options.max_damping_tries)
+        # final step: exact restoration on the support of Z with the damped G of the W-steps (shared kernel;
+        # one |S| x |S| solve when structured)
+        weights, info = restore_layer(layer, mask, dtype, device, row_batch=options.row_batch,
+                                      max_tries=options.max_damping_tries)
         kept = mask.all(dim=0).nonzero().squeeze(1) if spec.structured else None
         return Solution(
             weights=weights.to(dtype=layer.weight.dtype, device=layer.weight.device),
@@ -109,6 +98,6 @@ class TorchADMM(Solver):
             status="heuristic",
             kept_columns=kept.to(layer.weight.device) if kept is not None else None,
             stats={"iterations": it, "primal_residual": primal, "dual_residual": dual,
-                   "rho_final": rho, "damping_used": layer.damping_value()},
+                   "rho_final": rho, "damping_used": info.damping_used, **info.as_stats()},
             extras={"admm_z": z.to(dtype=layer.weight.dtype, device=layer.weight.device)},
         )

@@ -1,16 +1,16 @@
-"""Closed-form restoration for a fixed keep-mask (methods.md §1 facts 2-3), batched over rows.
+"""Restoration for a fixed keep-mask (methods.md §1 facts 2-3): thin entry points over :mod:`.masked_lstsq`.
 
-Two code paths, one answer (the optimum of :class:`~prunekit.formulations.restoration.FixedMaskRestoration`):
+Every torch solver that restores exactly goes through :func:`~.masked_lstsq.masked_lstsq` with the damping
+convention of :meth:`LayerData.damped_gram`:
 
 * **shared kept columns** S (structured masks): ``W_S <- W_S + W_P G_PS (G_SS + lambda I)^{-1}`` with one
   |S| x |S| damped Cholesky for all rows (:func:`restore_columns`);
-* **per-row kept sets**: the Lagrange (OBS/MRP Solution M) form
-  ``dw_i = -w_{i,P} (H^{-1}_{PP})^{-1} H^{-1}_{P,:}`` with ``H = G + lambda I``: rows are grouped by their
-  pruned count q and solved as batched q x q Cholesky systems, ``row_batch`` rows at a time, and the update
-  is ``-z @ H^{-1}`` with z scattered back to n columns (no gather of n-wide rows of H^{-1}).
+* **per-row kept sets**: the exact per-row solve for small layers, the certified dual conjugate-gradient
+  fast path for large ones (every row within ``tol`` relative objective of the optimum; rows it cannot
+  certify are re-solved exactly), chosen by a flop model (:func:`restore`).
 
-:func:`lagrange_rows` is the reusable kernel (also used by MRP's blocked variant); :func:`restore` and
-:func:`restore_columns` are the entry points other solvers (FASP, SPAP, MRP) call.
+:func:`lagrange_rows` (the Lagrange / Solution M kernel, also MRP's blocked variant) lives in
+:mod:`.masked_lstsq` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -19,26 +19,45 @@ from typing import Optional
 
 import torch
 
-from ...errors import FormulationError, NumericalError
+from ...errors import FormulationError
 from ...formulations.layer import LayerData
 from ...formulations.restoration import FixedMaskRestoration
 from ..base import Solver
 from ..options import SolverOptions
 from ..registry import register_solver
 from ..solution import Solution
-from ._linalg import damped_cholesky, spd_inverse
+from ._linalg import spd_inverse
+from .masked_lstsq import (  # noqa: F401  (re-exports)
+    MAX_BATCH_ELEMENTS,
+    LstsqInfo,
+    batched_spd_solve as _batched_spd_solve,
+    columns_lstsq,
+    lagrange_rows,
+    layer_parts,
+    restore_layer,
+)
+
+RESTORE_TOL = 1e-4  # relative objective gap the fast path certifies for the solvers that restore as a final step
 
 
-MAX_BATCH_ELEMENTS = 1 << 27  # elements of the batched q x q blocks when options.row_batch is None
+def restore_tol(options) -> float:
+    """Gap the FixedMaskRestoration solver asks of the fast path: ``min(options.tol, RESTORE_TOL)``.
+
+    The solvers that restore as their final step (MRP, ADMM, FISTA's refit) use ``RESTORE_TOL`` itself.
+    """
+    return min(float(options.tol), RESTORE_TOL)
+
+
+def _require_plain(layer: LayerData) -> None:
+    if layer.has_error_correction:
+        raise FormulationError("the closed-form restoration uses the plain objective; this layer has gram_star/cross. "
+                               "Fix: build LayerData without inputs_star for restoration.")
 
 
 def _undamped(layer: LayerData, dtype: torch.dtype, device) -> tuple[torch.Tensor, float]:
     """``(G with dead inputs set to G_jj = 1, lambda)`` so that ``G + lambda I = layer.damped_gram()``."""
-    if layer.has_error_correction:
-        raise FormulationError("the closed-form restoration uses the plain objective; this layer has gram_star/cross. "
-                               "Fix: build LayerData without inputs_star for restoration.")
-    lam = layer.damping_value()
-    return layer.damped_gram(dtype=dtype, device=device, extra=-lam), lam
+    _require_plain(layer)
+    return layer_parts(layer, dtype=dtype, device=device)
 
 
 def damped_inverse(layer: LayerData, dtype: torch.dtype, device, *, max_tries: int = 8) -> tuple[torch.Tensor, float]:
@@ -48,80 +67,33 @@ def damped_inverse(layer: LayerData, dtype: torch.dtype, device, *, max_tries: i
     return 0.5 * (inv + inv.T), used
 
 
-def _batched_spd_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Solve a z = b for a batch of SPD matrices a (k, q, q), b (k, q); LU fallback where Cholesky fails."""
-    factor, info = torch.linalg.cholesky_ex(a)
-    z = torch.cholesky_solve(b.unsqueeze(-1), factor).squeeze(-1)
-    bad = info != 0
-    if bool(bad.any()):
-        z[bad] = torch.linalg.solve(a[bad], b[bad])
-    if not bool(torch.isfinite(z).all()):
-        raise NumericalError(
-            "a principal block of the inverse Hessian is numerically singular. "
-            "Fix: raise LayerData.damping or use dtype='float64'."
-        )
-    return z
+def restore_info(layer: LayerData, keep_mask: torch.Tensor, dtype: torch.dtype = torch.float64, device=None, *,
+                 row_batch: Optional[int] = None, max_tries: int = 8, hinv: Optional[torch.Tensor] = None,
+                 damping_used: Optional[float] = None, method: str = "auto",
+                 tol: float = RESTORE_TOL) -> tuple[torch.Tensor, LstsqInfo]:
+    """Optimal weights on ``keep_mask`` (True = kept) and how they were computed: ``(W_hat, LstsqInfo)``.
 
-
-def lagrange_rows(weight: torch.Tensor, prune: torch.Tensor, hinv_rows: torch.Tensor,
-                  *, row_batch: Optional[int] = None) -> torch.Tensor:
-    """Multiple-removal (Solution M) update of every row, batched by pruned count.
-
-    Parameters
-    ----------
-    weight : (r, f)
-        Rows to update over the free columns F (the first ``B`` columns are the ones that may be pruned).
-    prune : (r, B) bool
-        Entries of the first ``B`` columns to set to zero (True = pruned).
-    hinv_rows : (B, f)
-        Rows of ``(H_FF)^{-1}`` for those B columns; ``hinv_rows[:, :B]`` is SPD.
-
-    Returns a new (r, f) tensor ``w - w_P (Hinv_PP)^{-1} Hinv_{P,:}`` with the pruned entries exactly 0.
-    Rows with equal q are solved together, ``row_batch`` at a time (None: as many as fit in
-    ``MAX_BATCH_ELEMENTS`` elements of q x q blocks; results do not depend on the batching).
+    ``hinv`` (with its ``damping_used``) reuses an inverse ``(G + lambda I)^{-1}`` already computed.
     """
-    out = weight.clone()
-    r, width = prune.shape
-    counts = prune.sum(dim=1)
-    hinv_pp = hinv_rows[:, :width]
-    for q in torch.unique(counts).tolist():
-        if q == 0:
-            continue
-        rows_q = torch.nonzero(counts == q).squeeze(1)
-        # row_batch=None: all rows, capped so the batched q x q systems stay within ~MAX_BATCH_ELEMENTS
-        step = row_batch or max(1, min(r, MAX_BATCH_ELEMENTS // (q * q + q * hinv_rows.shape[1])))
-        for start in range(0, rows_q.numel(), step):
-            rows = rows_q[start:start + step]
-            b = rows.numel()
-            idx = torch.nonzero(prune[rows])[:, 1].view(b, q)  # row-major: q pruned columns per row
-            a = hinv_pp[idx.unsqueeze(2), idx.unsqueeze(1)]  # (b, q, q)
-            w_p = torch.gather(out[rows], 1, idx)
-            z = _batched_spd_solve(a, w_p)
-            z_full = torch.zeros(b, width, dtype=out.dtype, device=out.device).scatter_(1, idx, z)
-            new = out[rows] - z_full @ hinv_rows
-            new[:, :width] = new[:, :width].masked_fill(prune[rows], 0.0)
-            out[rows] = new
-    return out
+    device = torch.device(device) if device is not None else layer.weight.device
+    _require_plain(layer)
+    return restore_layer(layer, keep_mask.to(device=device, dtype=torch.bool), dtype, device, method=method,
+                         hinv=hinv, damping_used=damping_used, tol=tol, row_batch=row_batch, max_tries=max_tries)
 
 
 def restore(layer: LayerData, keep_mask: torch.Tensor, dtype: torch.dtype = torch.float64, device=None, *,
             row_batch: Optional[int] = None, max_tries: int = 8,
-            hinv: Optional[torch.Tensor] = None, damping_used: Optional[float] = None) -> tuple[torch.Tensor, float]:
+            hinv: Optional[torch.Tensor] = None, damping_used: Optional[float] = None,
+            method: str = "auto", tol: float = RESTORE_TOL) -> tuple[torch.Tensor, float]:
     """Optimal weights on ``keep_mask`` (True = kept): ``(W_hat in dtype on device, damping_used)``.
 
-    Shared masks take the |S| x |S| fast path (:func:`restore_columns`).  ``hinv`` (with its
-    ``damping_used``) may be passed to reuse an inverse ``(G + lambda I)^{-1}`` already computed.
+    Shared masks take the |S| x |S| path; per-row masks the exact or the certified fast path
+    (:func:`~.masked_lstsq.masked_lstsq`).  ``hinv`` (with its ``damping_used``) may be passed to reuse an
+    inverse ``(G + lambda I)^{-1}`` already computed.
     """
-    device = torch.device(device) if device is not None else layer.weight.device
-    keep = keep_mask.to(device=device, dtype=torch.bool)
-    if hinv is None and bool((keep == keep[:1]).all()):
-        cols = torch.nonzero(keep[0]).squeeze(1)
-        return restore_columns(layer, cols, dtype=dtype, device=device, max_tries=max_tries)
-    if hinv is None:
-        hinv, damping_used = damped_inverse(layer, dtype, device, max_tries=max_tries)
-    w = layer.weight.detach().to(device=device, dtype=dtype)
-    out = lagrange_rows(w, ~keep, hinv.to(device=device, dtype=dtype), row_batch=row_batch)
-    return out, float(damping_used if damping_used is not None else layer.damping_value())
+    w, info = restore_info(layer, keep_mask, dtype, device, row_batch=row_batch, max_tries=max_tries, hinv=hinv,
+                           damping_used=damping_used, method=method, tol=tol)
+    return w, info.damping_used
 
 
 def restore_columns(layer: LayerData, kept_columns: torch.Tensor, dtype: torch.dtype = torch.float64, device=None,
@@ -136,41 +108,33 @@ def restore_columns(layer: LayerData, kept_columns: torch.Tensor, dtype: torch.d
     """
     device = torch.device(device) if device is not None else layer.weight.device
     w = (layer.weight if weight is None else weight).detach().to(device=device, dtype=dtype)
-    m, n = w.shape
+    n = w.shape[1]
     cols = torch.as_tensor(kept_columns, device=device).flatten()
     if cols.dtype == torch.bool:  # a boolean kept-column vector (n,)
         keep = cols.clone()
     else:  # indices of kept columns
         keep = torch.zeros(n, dtype=torch.bool, device=device)
         keep[cols.long()] = True
-    s_idx = torch.nonzero(keep).squeeze(1)
-    p_idx = torch.nonzero(~keep).squeeze(1)
-    out = torch.zeros_like(w)
     g0, lam = _undamped(layer, dtype, device)
-    if s_idx.numel() == 0:
-        return out, lam
-    factor, used = damped_cholesky(g0[s_idx][:, s_idx], lam, max_tries=max_tries)
-    w_s = w[:, s_idx]
-    if p_idx.numel():
-        rhs = w[:, p_idx] @ g0[p_idx][:, s_idx]  # W_P G_PS  (m, |S|)
-        w_s = w_s + torch.cholesky_solve(rhs.T, factor).T
-    out[:, s_idx] = w_s
-    return out, used
+    return columns_lstsq(g0, lam, keep, target=w, max_tries=max_tries)
 
 
 @register_solver(FixedMaskRestoration, backend="torch")
 class TorchFixedMaskRestoration(Solver):
-    """Damped-Cholesky restoration on a fixed mask (shared-column fast path or batched Lagrange form)."""
+    """Restoration on a fixed mask: one |S| x |S| Cholesky for shared columns, else exact per-row solves (small
+    layers) or the certified dual-CG fast path (large layers; status "solved", gap bound in ``stats``)."""
 
     exact = True
 
     def run(self, formulation: FixedMaskRestoration, options: SolverOptions) -> Solution:
         layer = formulation.layer
         dtype, device = options.torch_dtype, options.resolve_device(layer.weight)
-        w_hat, used = restore(layer, formulation.mask, dtype, device, row_batch=options.row_batch,
-                              max_tries=options.max_damping_tries)
+        w_hat, info = restore_info(layer, formulation.mask, dtype, device, row_batch=options.row_batch,
+                                   max_tries=options.max_damping_tries, tol=restore_tol(options))
         mask = formulation.mask.to(layer.weight.device).clone()
         kept = torch.nonzero(mask[0]).squeeze(1) if formulation.shared_columns else None
         weights = w_hat.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        return Solution(weights=weights, mask=mask, status="optimal", kept_columns=kept,
-                        stats={"damping_used": used, "path": "columns" if formulation.shared_columns else "rows"})
+        return Solution(weights=weights, mask=mask, status="optimal" if info.path != "cg" else "solved",
+                        kept_columns=kept,
+                        stats={"damping_used": info.damping_used, "path": "columns" if formulation.shared_columns else "rows",
+                               **info.as_stats()})

@@ -27,8 +27,9 @@ from ..base import Solver
 from ..options import SolverOptions
 from ..registry import register_solver
 from ..solution import Solution
-from ._linalg import spd_inverse, spd_solve_right
-from .closed_form import lagrange_rows
+from ._linalg import spd_solve_right
+from .closed_form import RESTORE_TOL
+from .masked_lstsq import damped_parts, masked_lstsq
 from .prox import project, prox_l1
 
 
@@ -78,18 +79,22 @@ def errors(w_k: torch.Tensor, h: torch.Tensor, gram_star: torch.Tensor, cross: t
 
 
 def refit_support(gram_star: torch.Tensor, unconstrained: torch.Tensor, keep: torch.Tensor, damping: float, *,
-                  max_tries: int = 8, row_batch: Optional[int] = None) -> tuple[torch.Tensor, float]:
+                  max_tries: int = 8, row_batch: Optional[int] = None,
+                  tol: float = RESTORE_TOL) -> tuple[torch.Tensor, float]:
     """Damped least squares on a fixed support: ``min (W - U)(G* + δI)(W - U)^T`` s.t. ``W = 0`` off ``keep``.
 
     ``U`` (m, n) is the unconstrained minimizer of ``f`` (``U G* = C``: the dense weight without error correction),
     so the objective is ``2 f(W) + δ ||W - U||^2`` up to a constant -- the damping of
     :class:`~prunekit.formulations.restoration.FixedMaskRestoration`, which this equals when ``X* = X``.  Row i:
-    ``W_{i,S} = (C_{i,S} + δ U_{i,S}) (G*_SS + δI)^{-1}``, computed as the multiple-removal update of ``U`` with
-    ``(G* + δI)^{-1}`` (Lagrange form, batched by pruned count).  Returns ``(W, δ used)``.
+    ``W_{i,S} = (C_{i,S} + δ U_{i,S}) (G*_SS + δI)^{-1}``, solved by the shared kernel
+    :func:`~.masked_lstsq.masked_lstsq` (exact per-row solves on small layers, the certified fast path within
+    ``tol`` relative objective on large ones; dead inputs of G* get G*_jj = 1, which changes no solution).
+    Returns ``(W, δ used)``.
     """
-    hinv, used = spd_inverse(gram_star, damping, max_tries=max_tries)
-    hinv = 0.5 * (hinv + hinv.T)
-    return lagrange_rows(unconstrained, ~keep, hinv, row_batch=row_batch), used
+    g0, _ = damped_parts(gram_star, 0.0, dtype=unconstrained.dtype, device=unconstrained.device)
+    w, info = masked_lstsq(g0, keep, target=unconstrained, damping=damping, tol=tol, row_batch=row_batch,
+                           max_tries=max_tries)
+    return w, info.damping_used
 
 
 def unconstrained_minimizer(formulation: L1Relaxation, gram_star: torch.Tensor, cross: torch.Tensor,

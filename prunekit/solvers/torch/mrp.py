@@ -8,8 +8,9 @@ Steps (``H = 2 (G + lambda I)``; every rule below is invariant to the factor 2, 
    ``w_P (Hinv_PP)^{-1} w_P^T`` is evaluated for all rows at once (the K = C(M, N) inverses
    ``(Hinv_PP)^{-1}`` are shared by the rows); each row prunes its arg-min pattern (ties: first pattern in
    lexicographic order).
-2. **Update.** ``"solution_m"``: the fixed-mask restoration (:func:`~.closed_form.restore`, batched Lagrange
-   form, or the |S| x |S| fast path for ``Channels``).  ``"solution_s"``: ``W - (W_P / diag Hinv_PP) Hinv_{P,:}``,
+2. **Update.** ``"solution_m"``: the fixed-mask restoration (:func:`~.masked_lstsq.masked_lstsq` reusing Hinv:
+   exact per-row solves on small layers, the certified dual-CG fast path on large ones, or the |S| x |S|
+   path for ``Channels``).  ``"solution_s"``: ``W - (W_P / diag Hinv_PP) Hinv_{P,:}``,
    then zero P.  ``block_size=B``: blocked Solution M (§6.2): for each column block, the joint MRP of the
    block's pruned entries over the trailing columns F, using ``(H_FF)^{-1}[block, F] = U_bb^T U_{b,F}`` from
    the upper factor ``U`` of ``Hinv`` -- **non-dominating**: with the same mask it can lose to SparseGPT (C15).
@@ -28,7 +29,7 @@ from ..base import Solver
 from ..options import SolverOptions
 from ..registry import register_solver
 from ..solution import Solution
-from .closed_form import MAX_BATCH_ELEMENTS, damped_inverse, lagrange_rows, restore, restore_columns
+from .closed_form import MAX_BATCH_ELEMENTS, damped_inverse, lagrange_rows, restore_columns, restore_info
 
 
 def exact_group_prune(weight: torch.Tensor, hinv: torch.Tensor, n_prune: int, group: int,
@@ -101,6 +102,7 @@ class TorchMultipleRemoval(Solver):
             keep = spec.project(w ** 2 / hinv.diagonal().unsqueeze(0)).to(device)
         prune = ~keep
         kept_columns = None
+        info = None
         if formulation.update == "solution_s":
             w_hat = solution_s_update(w, prune, hinv, row_batch=options.row_batch)
         elif formulation.block_size is not None:
@@ -110,8 +112,9 @@ class TorchMultipleRemoval(Solver):
             w_hat, used = restore_columns(layer, kept_columns, dtype, device, max_tries=options.max_damping_tries)
             kept_columns = kept_columns.to(layer.weight.device)
         else:
-            w_hat, used = restore(layer, keep, dtype, device, row_batch=options.row_batch, hinv=hinv, damping_used=used)
+            w_hat, info = restore_info(layer, keep, dtype, device, row_batch=options.row_batch, hinv=hinv,
+                                       damping_used=used)
         weights = w_hat.to(device=layer.weight.device, dtype=layer.weight.dtype).masked_fill(~keep.to(layer.weight.device), 0.0)
         status = "solved" if formulation.exact_for_mask else "heuristic"
         return Solution(weights=weights, mask=keep.to(layer.weight.device), status=status, kept_columns=kept_columns,
-                        stats={"damping_used": used})
+                        stats={"damping_used": used, **(info.as_stats() if info is not None else {})})

@@ -25,6 +25,8 @@ from ..options import SolverOptions
 from ..registry import register_solver
 from ..solution import Solution
 from ._linalg import damped_cholesky
+from .closed_form import restore_columns
+from .masked_lstsq import columns_lstsq
 
 
 def s_step(cost: torch.Tensor, spec, n: int) -> torch.Tensor:
@@ -48,28 +50,19 @@ def w_step(w0_gram: torch.Tensor, gram: torch.Tensor, rho: float, d_diag: torch.
 
 def restore_kept_columns(w0: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, *,
                          max_tries: int = 8) -> tuple[torch.Tensor, float]:
-    """Exact restoration on the kept columns: ``W_S = W0 G_{:,S} G_SS^{-1}``, ``W_P = 0`` (``gram`` damped)."""
-    idx = torch.nonzero(keep, as_tuple=False).flatten()
-    out = torch.zeros_like(w0)
-    if idx.numel() == 0:
-        return out, 0.0
-    g_ss = gram.index_select(0, idx).index_select(1, idx)
-    factor, used = damped_cholesky(g_ss, 0.0, max_tries=max_tries)
-    rhs = w0 @ gram.index_select(1, idx)
-    out[:, idx] = torch.cholesky_solve(rhs.T, factor).T
-    return out, used
+    """Exact restoration on the kept columns: ``W_S = W0 G_{:,S} G_SS^{-1}``, ``W_P = 0`` (``gram`` damped).
+
+    One |S| x |S| Cholesky through the shared kernel; returns the weights and the extra damping an
+    escalation needed (0.0 normally).
+    """
+    return columns_lstsq(gram, 0.0, keep, target=w0, max_tries=max_tries)
 
 
 def final_restoration(layer, w0, gram, keep, max_tries) -> tuple[torch.Tensor, float]:
-    """Exact damped restoration on ``keep``; uses ``closed_form.restore_columns`` when it is installed.
+    """Exact damped restoration on ``keep`` (:func:`~.closed_form.restore_columns`, ``LayerData.damped_gram``).
 
     Returns the weights and the absolute damping on top of G (layer damping plus any escalation).
     """
-    try:
-        from .closed_form import restore_columns
-    except ImportError:  # fallback: the same formula on the damped Gram
-        w_hat, extra = restore_kept_columns(w0, gram, keep, max_tries=max_tries)
-        return w_hat, layer.damping_value() + extra
     cols = torch.nonzero(keep, as_tuple=False).flatten()
     return restore_columns(layer, cols, dtype=w0.dtype, device=w0.device, max_tries=max_tries)
 
