@@ -1,7 +1,7 @@
 """Many processes, one pruning run: torch.distributed for ``torchrun -m prunekit prune ...`` (methods.md §2).
 
-Any torch.distributed launcher that sets ``WORLD_SIZE`` > 1, ``RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` (``torchrun``,
-``torch.distributed.run``, SLURM wrappers, multi-node included) runs the same pipeline in parallel:
+Any torch.distributed launcher that sets ``WORLD_SIZE`` > 1, ``RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``
+(``torchrun``, ``torch.distributed.run``, SLURM wrappers, multi-node included) runs the same pipeline in parallel:
 
 * **calibration** -- rank r takes the windows r, r + W, r + 2W, ... (:meth:`Context.local_windows`); capture and
   propagation happen per rank on its own windows;
@@ -295,7 +295,8 @@ def current() -> Context:
 
 
 def device_for(device: torch.device, local_rank: int) -> torch.device:
-    """The device of this rank: ``cuda:LOCAL_RANK`` when ``device`` is CUDA (one GPU per process), else ``device``.
+    """The device of this rank: ``cuda:LOCAL_RANK`` when ``device`` is ``cuda`` without an index (one GPU per
+    process); any other device -- ``cpu``, or an explicit ``cuda:N`` -- as given.
 
     Raises
     ------
@@ -303,7 +304,7 @@ def device_for(device: torch.device, local_rank: int) -> torch.device:
         more processes on this node than GPUs.
     """
     device = torch.device(device)
-    if device.type != "cuda":
+    if device.type != "cuda" or device.index is not None:
         return device
     count = torch.cuda.device_count()
     if local_rank >= count:
@@ -316,17 +317,19 @@ def device_for(device: torch.device, local_rank: int) -> torch.device:
 def session(device="cpu") -> Iterator[tuple[Context, torch.device]]:
     """The process group of a launched run: ``(context, this rank's device)`` for the duration of a ``with`` block.
 
-    * ``WORLD_SIZE`` > 1 and no group yet: ``init_process_group`` -- backend "nccl" for a CUDA ``device`` (each rank
-      on ``cuda:LOCAL_RANK``), "gloo" for the CPU.  The group then lives until the process exits (destroyed
-      cleanly at exit): torch cannot initialize a second default group against the launcher's store, so a second
-      run in the same process reuses this one;
-    * a group initialized by the caller is used as is (and left alone);
+    * ``WORLD_SIZE`` > 1 and no group yet: ``init_process_group`` -- backend "nccl" for ``device`` "cuda" (each rank
+      on ``cuda:LOCAL_RANK``; an explicit "cuda:N" is refused), "gloo" for the CPU.  The group then lives until the
+      process exits (destroyed cleanly at exit): torch cannot initialize a second default group against the
+      launcher's store, so a second run in the same process reuses this one;
+    * a group initialized by the caller is used as is (and left alone); "cuda" still means ``cuda:LOCAL_RANK``, an
+      explicit "cuda:N" is kept (e.g. two gloo ranks sharing one GPU);
     * otherwise :data:`SINGLE` and ``device`` unchanged.
 
     Raises
     ------
     DeviceError
-        ``WORLD_SIZE`` > 1 but the launcher's other variables are missing, or torch has no distributed support.
+        ``WORLD_SIZE`` > 1 but the launcher's other variables are missing, torch has no distributed support, or an
+        explicit "cuda:N" would put every new NCCL rank on one GPU.
     """
     device = torch.device(device)
     if not _initialized() and launched_world_size() > 1:
@@ -350,7 +353,12 @@ def init(device="cpu") -> Context:
         raise DeviceError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} asks for a distributed run, but {what}. Fix: "
                           f"start prunekit with a launcher (torchrun --nproc_per_node N -m prunekit prune ...), or "
                           f"unset WORLD_SIZE for a single process.")
-    device = device_for(torch.device(device), int(os.environ.get("LOCAL_RANK", "0")))
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        raise DeviceError(f"--device {device} under a launcher of {launched_world_size()} processes would put every "
+                          f"process on the same GPU, which NCCL refuses. Fix: pass --device cuda (process i uses "
+                          f"cuda:LOCAL_RANK), or restrict GPUs with CUDA_VISIBLE_DEVICES.")
+    device = device_for(device, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
@@ -437,5 +445,5 @@ def _from_bytes(buf: torch.Tensor, slot: _Slot) -> torch.Tensor:
     return buf.view(slot.dtype).reshape(slot.shape)
 
 
-__all__ = ["Context", "SINGLE", "current", "destroy", "device_for", "init", "is_main_process", "launched_rank", "launched_world_size",
-           "session"]
+__all__ = ["Context", "SINGLE", "current", "destroy", "device_for", "init", "is_main_process", "launched_rank",
+           "launched_world_size", "session"]

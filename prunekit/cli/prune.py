@@ -11,10 +11,11 @@
 folder, GGUF or built-in name), so host memory stays O(one block); each finished block is committed, and
 ``--resume`` continues a killed run.  ``torchrun --nproc_per_node N -m prunekit prune ...`` (any torch.distributed
 launcher, multi-node included) splits the calibration windows and the layer problems of each block across the N
-processes (``--device cuda``: one GPU each) and gives the single-process result; rank 0 writes.  ``OUT`` appears only when the run is complete: the model (safetensors in the
-checkpoint's dtype, a config stock ``from_pretrained`` reads), ``report.json`` (recipe, per-layer records,
-parameters, time, perplexity before/after with ``--eval``), ``plan/plan.json`` (kept units, provenance) and
-``plot.png``.  Flags override the fields of ``--recipe FILE`` (JSON or YAML).
+processes (``--device cuda``: one GPU each) and gives the single-process result; rank 0 writes.  ``OUT`` appears
+only when the run is complete: the model (safetensors in the checkpoint's dtype, a config stock ``from_pretrained``
+reads), ``report.json`` (recipe, per-layer records, parameters, time, perplexity before/after with ``--eval``),
+``plan/plan.json`` (kept units, provenance) and ``plot.png``.  Flags override the fields of ``--recipe FILE`` (JSON or
+YAML).
 
 Every flag is checked before the model is read: a value of the wrong type or out of range (``--nsamples 0``,
 ``--sparsity 1.5``) is a one-line argparse error naming the flag, the recipe is validated as a whole, a
@@ -170,11 +171,13 @@ def model_config(model: str):
 
 def preflight(args: argparse.Namespace, recipe) -> None:
     """Checks that need no model weights: data paths, and the recipe against the model's config.json widths."""
+    from ..distributed import is_main_process
     from ..models.recipe import check_recipe_fits
 
-    check_data_path(recipe.calibration.source, "calibration source")
-    if args.eval:
-        check_data_path(args.eval_data, "--eval-data")
+    if is_main_process():  # under torchrun rank 0 alone reads the calibration and evaluation data
+        check_data_path(recipe.calibration.source, "calibration source")
+        if args.eval:
+            check_data_path(args.eval_data, "--eval-data")
     config = model_config(args.model)
     if config is not None:
         check_recipe_fits(recipe, config)

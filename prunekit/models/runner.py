@@ -16,6 +16,13 @@ For each decoder block l (methods.md §2, §5.4):
 A sink that already holds blocks 0..k-1 (``resume_from = k``) gets them back through ``sink.committed`` and the
 runner only propagates through them, so a resumed run continues with the very inputs an uninterrupted one had.
 Memory: O(one block) of weights on host and device, plus the calibration activations (on ``storage``).
+
+Many processes (``prunekit.distributed``, e.g. ``torchrun --nproc_per_node N -m prunekit prune``): rank r captures and
+propagates the windows r, r + N, ...; in step 2 each target's statistics are summed (float64) onto the rank that owns
+it (targets of a stage go to ranks by :func:`solve_cost`), step 3 runs on the owners in parallel, and each
+solution's weight, bias, kept units and record are broadcast from its owner, so steps 4-5 build the same pruned block
+on every rank (the sink writes on rank 0 only).  Every rank's own work runs inside ``Context.checked``: an error on
+any rank is raised on all of them.  With one process every helper is a plain call.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ codes = [main(argv) for argv in json.loads(open(sys.argv[1]).read())]
 open(sys.argv[2] + "." + os.environ["RANK"], "w").write(json.dumps(codes))
 """
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,7 +46,8 @@ def _free_port() -> int:
 
 def _torchrun(args: list[str], cwd: Path) -> subprocess.Popen:
     """Start two CPU processes under torchrun (gloo), each with one thread and a free master port."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port()), PYTHONPATH=str(REPO))
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port()), PYTHONPATH=path)
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -88,9 +90,11 @@ def _rank_one_fails_module(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Single-process references (in this process, one thread) and the distributed runs (two torchrun launches)."""
+    """The distributed runs (two torchrun launches, started first) and the single-process references (in this
+    process, one thread, while the launches run)."""
     from _checkpoints import calibration_file, write_checkpoint
-    from prunekit.cli import main
+    from prunekit.cli import build_parser, main
+    from prunekit.cli.prune import build_recipe
     from prunekit.models.pipeline import prune_checkpoint
 
     root = tmp_path_factory.mktemp("dist")
@@ -99,10 +103,8 @@ def runs(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for case in CASES:
-            assert main(_argv(root, case, root / f"single_{case}")) == 0
-        # a single-process run killed after block 0 (committed), resumed below by two processes
-        recipe = json.loads((root / "single_wanda" / "report.json").read_text())["recipe"]
+        # a single-process run stopped after block 0 (committed), resumed below by two processes
+        recipe = build_recipe(build_parser().parse_args(_argv(root, "wanda", root / "resumed")), None)
 
         def stop(index, seconds):
             if index == 0:
@@ -110,23 +112,27 @@ def runs(tmp_path_factory):
 
         with pytest.raises(KeyboardInterrupt):
             prune_checkpoint(root / "src", recipe, root / "resumed", progress=False, echo=None, on_block=stop)
+        foreign = root / "foreign"
+        foreign.mkdir()
+        (foreign / "notes.txt").write_text("mine")
+        failing = _rank_one_fails_module(root)
+        batch = [_argv(root, "sparsegpt24", root / "dist_sparsegpt24"),
+                 _argv(root, "fasp", root / "dist_fasp"),
+                 _argv(root, "wanda", root / "resumed", "--resume"),
+                 _argv(root, "wanda", foreign),  # rank 0's output check fails: every rank stops with its message
+                 ["prune", "--model", str(root / "src"), "--method", f"{failing}:EnergyChannelDrop", "--structure",
+                  "channels", "--sparsity", "0.25", "--attention", "vo_channels", *_common(root, root / "failed")]]
+        (root / "batch.json").write_text(json.dumps(batch))
+        (root / "driver.py").write_text(DRIVER)
+        launches = [_torchrun(["-m", "prunekit", *_argv(root, "wanda", root / "dist_wanda")], cwd=root),
+                    _torchrun([str(root / "driver.py"), str(root / "batch.json"), str(root / "codes")], cwd=root)]
+        try:
+            for case in CASES:
+                assert main(_argv(root, case, root / f"single_{case}")) == 0
+        finally:
+            single, driven = (_finish(p) for p in launches)
     finally:
         torch.set_num_threads(threads)
-    foreign = root / "foreign"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("mine")
-    failing = _rank_one_fails_module(root)
-    batch = [_argv(root, "sparsegpt24", root / "dist_sparsegpt24"),
-             _argv(root, "fasp", root / "dist_fasp"),
-             _argv(root, "wanda", root / "resumed", "--resume"),
-             _argv(root, "wanda", foreign),  # rank 0's output check fails: every rank stops with its message
-             ["prune", "--model", str(root / "src"), "--method", f"{failing}:EnergyChannelDrop", "--structure",
-              "channels", "--sparsity", "0.25", "--attention", "vo_channels", *_common(root, root / "failed")]]
-    (root / "batch.json").write_text(json.dumps(batch))
-    (root / "driver.py").write_text(DRIVER)
-    launches = [_torchrun(["-m", "prunekit", *_argv(root, "wanda", root / "dist_wanda")], cwd=root),
-                _torchrun([str(root / "driver.py"), str(root / "batch.json"), str(root / "codes")], cwd=root)]
-    single, driven = (_finish(p) for p in launches)  # the two launches overlap
     return root, single, driven
 
 
@@ -282,3 +288,27 @@ def test_single_process_context_is_plain_calls():
     assert SINGLE.reduce_(t) is t and float(t.sum()) == 3.0
     with session("cpu") as (ctx, device):
         assert ctx is SINGLE and device == torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------- prunekit.bench
+def test_bench_helpers_time_a_prune_and_a_calibration_forward():
+    """Property: timed_prune prunes the model and returns its wall time and RunReport; calibration_forward_time
+    times one forward pass of the recipe's windows and leaves the model unchanged."""
+    from _hf_tiny import tiny_model
+
+    from prunekit.bench import calibration_forward_time, timed_prune
+
+    model = tiny_model("llama")
+    recipe = dict(method="wanda", structure="unstructured", sparsity=0.5, calibration=dict(nsamples=2, seqlen=8))
+    tokens = torch.randint(0, 300, (2, 8), generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        forward = calibration_forward_time(model, recipe, tokens)
+        assert forward > 0 and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+        timed = timed_prune(model, recipe, tokens)
+    finally:
+        torch.set_num_threads(threads)
+    assert timed.wall_s > 0 and timed.report.calibration_shape == (2, 8)
+    assert timed.report.nonzero_params_after < timed.report.nonzero_params_before

@@ -160,9 +160,26 @@ def test_damping_convention_is_layer_damped_gram():
     assert torch.equal(g0, torch.eye(4, dtype=torch.float64)) and lam0 == 0.1
 
 
+def test_factor_hessian_escalates_only_singular_matrices():
+    """Property: a damped float32 Gram with outlier channels keeps its damping; an exactly singular Gram
+    (duplicated inputs, no damping; its plain Cholesky succeeds by rounding) is escalated to a positive damping."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 1024, generator=g, dtype=torch.float64)
+    x[:, :4] *= 100.0
+    h0, lam = damped_parts((x.T @ x).float(), 0.01, dtype=torch.float32)
+    assert factor_hessian(h0, lam)[1] == lam
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x[:, 3] = x[:, 7]
+    h0, lam = damped_parts(x.T @ x, 0.0)
+    assert int(torch.linalg.cholesky_ex(h0)[1]) == 0  # accepted by rounding: pivot^2 ~ 1e-15
+    factor, used = factor_hessian(h0, lam)
+    assert lam == 0.0 and used > 0.0 and float(factor.diagonal().min()) ** 2 >= 0.5 * used
+
+
 def _correlated_layer(m, n, tokens, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     scales = (1.0 + torch.arange(n, dtype=torch.float64)) ** -0.5
+    scales[torch.randperm(n, generator=g)[: max(1, n // 100)]] *= 20.0  # outlier channels: max diag >> mean diag
     x = torch.randn(tokens, n, generator=g, dtype=torch.float64) * scales[torch.randperm(n, generator=g)]
     x = x + 0.3 * torch.randn(tokens, 16, generator=g, dtype=torch.float64) @ torch.randn(16, n, generator=g,
                                                                                           dtype=torch.float64)
@@ -172,12 +189,16 @@ def _correlated_layer(m, n, tokens, seed=0, dtype=torch.float64):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_fast_path_converges_without_fallback_on_correlated_layers(dtype):
-    """Property: on a 64 x 512 correlated layer with the default damping, the fast path certifies every row in
-    at most 20 iterations (no exact fallback), within 1e-4 of the float64 optimum, in float64 and float32."""
+    """Property: on a 64 x 512 correlated layer with outlier channels and the default damping, the fast path
+    certifies every row in at most 20 iterations (no exact fallback) with the layer's own damping (no spurious
+    escalation), within 1e-4 of the float64 optimum, in float64 and float32."""
     layer = _correlated_layer(64, 512, 1024, dtype=dtype)
     keep = torch.rand(64, 512, generator=torch.Generator().manual_seed(1)) < 0.5
     w, info = restore_layer(layer, keep, dtype=dtype, method="cg")
     assert info.path == "cg" and info.fallback_rows == 0 and info.iterations <= 20 and w.dtype == dtype
+    assert info.damping_used == pytest.approx(layer.damping_value(), rel=1e-6)
+    columns = restore_layer(layer, keep[:1].expand(64, -1), dtype=dtype)[1]
+    assert columns.path == "columns" and columns.damping_used == pytest.approx(layer.damping_value(), rel=1e-6)
     exact, _ = restore_layer(layer, keep, method="exact")
     h = layer.damped_gram()
     f, f_star = objective_rows(w.double(), layer.weight.double(), h), objective_rows(exact, layer.weight.double(), h)

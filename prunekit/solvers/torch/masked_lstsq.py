@@ -27,7 +27,8 @@ Paths (:func:`masked_lstsq` picks one; all return exact zeros off the mask)
 ``"columns"``  all rows share S: one |S| x |S| Cholesky serves every row (exact).
 ``"exact"``    per-row direct solve, rows grouped by their kept count: the primal ``H_SS`` Cholesky, or, where
                ``|P| < |S|`` and ``H^{-1}`` is at hand, the Lagrange form ``(H^{-1})_{PP}`` (same optimum, smaller
-               system).  :func:`masked_lstsq_exact` (primal only) is the reference twin the tests use.
+               system; with a caller's ``H^{-1}``, the Lagrange form for every row).  :func:`masked_lstsq_exact`
+               (primal only) is the reference twin the tests use.
 ``"cg"``       the fast path: conjugate gradients on the Lagrange dual, all rows at once.  With multipliers
                ``mu`` supported on P, ``w(mu) = t - mu H^{-1}`` is stationary on S for every ``mu``, and
                feasibility ``w(mu)_P = 0`` is the SPD system ``mu (H^{-1})_{PP} = t_P``.  CG solves it for every
@@ -43,14 +44,21 @@ Certificate of the fast path.  With the infeasibility ``s = w(mu)_P``, weak dual
     \\qquad D(\\mu) = \\tfrac12\\, \\mu \\cdot (t + w(\\mu)) \\;\\le\\; f^\\star,
 
 (the KKT residual of the dual in the H norm), so a row is accepted only when ``1/2 s H s^T <= tol * D(mu)``:
-its objective is then within ``tol`` relative of the exact optimum.  The bound is cheap to evaluate (one
+its objective is then within ``tol`` relative of the exact optimum (after 8 iterations a row is also accepted
+when the bound is below ``eps`` times its dense energy ``1/2 t H t^T``, the float resolution of its objective;
+the bound reported is then above ``tol``).  The bound is cheap to evaluate (one
 product ``s @ H``), checked when the CG residual predicts convergence, and tight in practice (measured ratio
 bound / true gap ~ 1.1).  Rows that are not certified after ``max_iter`` iterations are re-solved by the exact
 path (counted in :attr:`LstsqInfo.fallback_rows`): no unconverged row is returned.  The bound is exact in
 exact arithmetic; in float32 it is as accurate as the float32 ``H^{-1}`` (as is every float32 path).
 
-Measured (benchmarks/restoration.py, 1024 x 2816 layer, 4096 correlated tokens, 2 CPU threads): 7-9 CG
-iterations certify every row at tol = 1e-4 for 50 % unstructured and 2:4 masks; ~20 at 90 %.
+Why this design (measured on a 1024 x 2816 layer, 4096 correlated tokens, float32, 2 CPU threads): the exact
+per-row solve costs sum_i |S_i|^3 / 3 flops in small batched factorizations (~7-10x the fast path's time,
+``benchmarks/RESTORATION.md``); primal CG preconditioned by ``(H^{-1})_SS`` and dual CG preconditioned by ``H_PP``
+need two (rows x n) @ (n x n) products per iteration and converged slower; Jacobi dual CG needs one and certifies
+every row at tol = 1e-4 in 7-9 iterations for 50 % unstructured, 2:4 and random masks (~10 at 1e-6, ~20 at 90 %
+sparsity); the certificate is tight (bound / true gap ~ 1.1).  With little damping (cond(H) > 1e6) the iteration
+slows and rows fall back to the exact path: always correct, no longer fast.
 """
 
 from __future__ import annotations
@@ -67,6 +75,8 @@ from ._linalg import damped_cholesky
 MAX_BATCH_ELEMENTS = 1 << 27  # elements of batched k x k blocks of the exact path when row_batch is None
 METHODS = ("auto", "cg", "exact")
 CG_ITERATIONS_ESTIMATE = 12  # iterations the auto cost model assumes for the fast path
+CG_MIN_WIDTH = 256  # method="auto" keeps the exact path below this n (small layers: exact is cheap anyway)
+EXACT_FLOP_COST = 8.0  # measured: a batched per-row Cholesky flop costs 4-30 GEMM flops (CPU, n 512-2048)
 
 
 @dataclass(frozen=True)
@@ -136,18 +146,19 @@ def objective_rows(weight: torch.Tensor, target: torch.Tensor, hessian: torch.Te
 def factor_hessian(hessian0: torch.Tensor, damping: float, *, max_tries: int = 8) -> tuple[torch.Tensor, float]:
     """Lower Cholesky factor of ``H0 + lambda I`` and the lambda used, escalating lambda x10 on failure.
 
-    As :func:`~._linalg.damped_cholesky`, and a factorization that succeeds only by rounding on a numerically
-    singular matrix (smallest pivot^2 below ``n eps max diag``, e.g. duplicated inputs without damping) counts as
-    a failure too: its principal blocks and its inverse would be meaningless.
+    As :func:`~._linalg.damped_cholesky`; in addition, when lambda is below the rounding level
+    ``tau = 100 eps max diag H0`` (typically no damping), a factorization whose smallest pivot^2 is below ``tau``
+    counts as a failure: it succeeded only by rounding on a numerically singular matrix (e.g. duplicated inputs),
+    and its principal blocks and inverse would be meaningless.  Damped matrices (lambda >= tau, positive
+    definite by construction) are accepted as :func:`~._linalg.damped_cholesky` accepts them.
     """
     n = hessian0.shape[0]
-    eps = torch.finfo(hessian0.dtype).eps
-    top = float(hessian0.diagonal().abs().max()) if n else 0.0
+    tau = 100.0 * torch.finfo(hessian0.dtype).eps * (float(hessian0.diagonal().abs().max()) if n else 0.0)
     scale = float(hessian0.diagonal().abs().mean()) if n else 1.0
     lam = float(damping)
     for _ in range(max_tries + 1):
         factor, used = damped_cholesky(hessian0, lam, max_tries=max_tries)
-        if n == 0 or float(factor.diagonal().min()) ** 2 >= n * eps * (top + used):
+        if n == 0 or used >= tau or float(factor.diagonal().min()) ** 2 >= tau:
             return factor, used
         lam = max(10.0 * used, 1e-8 * (scale if scale > 0 else 1.0))
     raise NumericalError(
@@ -260,7 +271,8 @@ def _exact_rows(target: Optional[torch.Tensor], cross: Optional[torch.Tensor], h
 
 def masked_lstsq_exact(target: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor,
                        *, row_batch: Optional[int] = None) -> torch.Tensor:
-    """Reference twin: row by row ``w_S = (t H)_S H_SS^{-1}`` with a Cholesky of each kept block, ``w_P = 0``.
+    """Reference twin: row by row ``w_S = t_S + (t_P H_PS) H_SS^{-1}`` (= ``(t H)_S H_SS^{-1}``) with a Cholesky
+    of each kept block, ``w_P = 0``.
 
     ``hessian`` is the damped, SPD H.  O(sum_i |S_i|^3): the definition the fast path is tested against.
     """
@@ -410,12 +422,15 @@ def _shared_columns(keep: torch.Tensor) -> bool:
 
 
 def _prefer_cg(keep: torch.Tensor, have_hinv: bool) -> bool:
-    """Cost model of ``method="auto"``: flops of the exact per-row solve against ~12 CG iterations."""
+    """Cost model of ``method="auto"``: the exact per-row solve's flops (weighted by ``EXACT_FLOP_COST``) against
+    ~``CG_ITERATIONS_ESTIMATE`` CG iterations plus ``H^{-1}``; never the fast path below ``CG_MIN_WIDTH`` inputs."""
     m, n = keep.shape
+    if n < CG_MIN_WIDTH:
+        return False
     kept = keep.sum(dim=1).double()
     side = (n - kept) if have_hinv else kept
-    exact = float((side ** 3 / 3.0 + side * side).sum()) + (2.0 * n ** 3 / 3.0 if have_hinv else 0.0)
-    cg = (CG_ITERATIONS_ESTIMATE + 2) * 2.0 * m * n * n + (0.0 if have_hinv else 2.0 * n ** 3 / 3.0)
+    exact = EXACT_FLOP_COST * float((side ** 3 / 3.0 + side * side).sum())
+    cg = (CG_ITERATIONS_ESTIMATE + 2) * 2.0 * m * n * n + (0.0 if have_hinv else 2.0 * n ** 3)
     return cg < exact
 
 
@@ -471,7 +486,9 @@ def masked_lstsq(hessian0: torch.Tensor, keep: torch.Tensor, *, target: Optional
         (default ``damping``).  The direct path then uses the Lagrange form with ``hinv`` for every row.
     tol, max_iter : fast-path certificate tolerance and iteration limit (see :func:`cg_rows`).
     row_batch : int, optional
-        Rows per batch of the exact per-row solve (memory bound; None = as many as fit ``MAX_BATCH_ELEMENTS``).
+        Rows solved at once (memory bound): fast-path chunks and exact-path batches (None: all rows on the fast
+        path, as many as fit ``MAX_BATCH_ELEMENTS`` on the exact path).  Results do not depend on it beyond
+        rounding.
 
     Guarantees: zero off ``keep``; the direct paths return the optimum, the fast path every row within
     ``tol`` relative objective of it (rows it cannot certify are re-solved by the exact path).
@@ -504,8 +521,13 @@ def masked_lstsq(hessian0: torch.Tensor, keep: torch.Tensor, *, target: Optional
         return _exact_rows(target, cross, hessian, keep, hinv, row_batch, given_hinv), LstsqInfo("exact", used)
     if target is None:
         target = cross @ hinv
-    res = cg_rows(target, hessian, hinv, keep, tol=tol, max_iter=max_iter)
-    w, certified, its, bound = res.weights, res.certified, res.iterations, res.gap_bound
+    step = row_batch or m
+    parts = [cg_rows(target[r:r + step], hessian, hinv, keep[r:r + step], tol=tol, max_iter=max_iter)
+             for r in range(0, m, step)]
+    w = torch.cat([r.weights for r in parts]) if parts else torch.zeros_like(target)
+    certified = torch.cat([r.certified for r in parts]) if parts else torch.ones(0, dtype=torch.bool, device=dev)
+    its = torch.cat([r.iterations for r in parts]) if parts else torch.zeros(0, dtype=torch.int64, device=dev)
+    bound = torch.cat([r.gap_bound for r in parts]) if parts else torch.zeros(0, dtype=torch.float64, device=dev)
     fallback = torch.nonzero(~certified).squeeze(1)
     if fallback.numel():
         w[fallback] = _exact_rows(target[fallback], None if cross is None else cross[fallback], hessian,
@@ -513,7 +535,7 @@ def masked_lstsq(hessian0: torch.Tensor, keep: torch.Tensor, *, target: Optional
     fin = bound[certified]
     gap = float(fin.max()) if fin.numel() else 0.0
     return w, LstsqInfo("cg", used, iterations=int(its.max()) if its.numel() else 0,
-                        fallback_rows=int(fallback.numel()), gap_bound=gap, checks=res.checks)
+                        fallback_rows=int(fallback.numel()), gap_bound=gap, checks=sum(r.checks for r in parts))
 
 
 def restore_layer(layer, keep: torch.Tensor, dtype: torch.dtype = torch.float64, device=None, *,
