@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .data import check_data_dir, default_data_dirs, encode, hub_offline
+from .data import check_data_dir, default_data_dirs, encode, from_hub, hub_offline
 from .errors import DataError
 
 C4_FILE = "c4-train.00000-of-01024.json.gz"
@@ -126,19 +126,10 @@ def c4_documents(data_dir=None) -> Sequence[str]:
     path, tried = find_local_c4(data_dir)
     if path is not None:
         return record_texts(read_json_records(path), "text", str(path))
-    why = "the 'datasets' package is not installed"
-    try:
-        import datasets
-
-        if hub_offline():
-            why = "the hub is switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
-        else:
-            ds = datasets.load_dataset(C4_HUB, data_files={"train": f"en/{C4_FILE}"}, split="train")
-            return _Column(ds, "text")
-    except ImportError:
-        pass
-    except Exception as exc:  # offline, hub unreachable, ...
-        why = f"datasets.load_dataset failed: {type(exc).__name__}: {str(exc)[:200]}"
+    ds, why = from_hub(lambda datasets: datasets.load_dataset(C4_HUB, data_files={"train": f"en/{C4_FILE}"},
+                                                              split="train"))
+    if ds is not None:
+        return _Column(ds, "text")
     raise DataError(
         f"C4 calibration data not found. Tried the local files {[str(p) for p in tried]}; {why}. Fix: put "
         f"{C4_FILE} (from huggingface.co/datasets/{C4_HUB}, folder en/) in --data-dir, or pass source "

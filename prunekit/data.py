@@ -34,7 +34,7 @@ import os
 import random
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -122,24 +122,30 @@ def find_local_wikitext(split: str, data_dir) -> tuple[Optional[Path], list[Path
     return None, tried
 
 
+def from_hub(load: Callable[[Any], Any]) -> tuple[Any, str]:
+    """``(load(datasets), "")`` when the ``datasets`` package can reach the hub, else ``(None, why not)``."""
+    try:
+        import datasets
+    except ImportError:
+        return None, "the 'datasets' package is not installed"
+    if hub_offline():
+        return None, "the hub is switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
+    try:
+        return load(datasets), ""
+    except Exception as exc:  # noqa: BLE001 -- offline, hub unreachable, missing dataset ...
+        return None, f"datasets.load_dataset failed: {type(exc).__name__}: {str(exc)[:200]}"
+
+
 def wikitext2_rows(split: str, data_dir=None) -> list[str]:
     """The rows of WikiText-2 raw ``split`` ("train"/"validation"/"test"): local file first, then ``datasets``."""
     check_data_dir(data_dir)
     path, tried = find_local_wikitext(split, data_dir)
     if path is not None:
         return wikitext_rows(read_text_file(path))
-    why = "the 'datasets' package is not installed"
-    try:
-        import datasets
-
-        if hub_offline():
-            why = "the hub is switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
-        else:
-            return list(datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"])
-    except ImportError:
-        pass
-    except Exception as exc:  # offline, hub unreachable, ...
-        why = f"datasets.load_dataset failed: {type(exc).__name__}: {str(exc)[:200]}"
+    rows, why = from_hub(lambda datasets: list(datasets.load_dataset("wikitext", "wikitext-2-raw-v1",
+                                                                     split=split)["text"]))
+    if rows is not None:
+        return rows
     raise DataError(
         f"WikiText-2 {split} split not found. Tried the local files {[str(p) for p in tried]}; {why}. "
         f"Fix: pass --data-dir (or set PRUNEKIT_DATA_DIR) to the folder holding wikitext-2-raw/{_SPLIT_FILES[split]}, "
@@ -261,5 +267,5 @@ def evaluation_tokens(tokenizer, source: str = "wikitext2", data_dir: Optional[s
 
 
 __all__ = ["calibration_windows", "check_data_dir", "default_data_dirs", "encode", "evaluation_tokens",
-           "find_local_wikitext", "hub_offline", "random_windows", "read_text_file", "sample_from_model",
+           "find_local_wikitext", "from_hub", "hub_offline", "random_windows", "read_text_file", "sample_from_model",
            "wikitext2_calibration_text", "wikitext2_rows", "wikitext_rows"]
