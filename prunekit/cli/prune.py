@@ -88,6 +88,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def round_to_arg(text: str):
+    """argparse type: 'auto' or an int >= 1."""
+    return "auto" if text.strip() == "auto" else positive_int(text)
+
+
 def fraction(text: str) -> float:
     """argparse type: a sparsity in [0, 1)."""
     value = _number(text, float, "a fraction in [0, 1), e.g. 0.5")
@@ -267,7 +272,8 @@ def register(subparsers) -> None:
     p.add_argument("--allocation", default=None, choices=("uniform", "softmax", "global_threshold"))
     p.add_argument("--temperature", type=positive, default=None)
     p.add_argument("--attention", default=None, choices=("none", "heads", "vo_channels"))
-    p.add_argument("--round-to", dest="round_to", type=positive_int, default=None, help="kept widths: multiples of this")
+    p.add_argument("--round-to", dest="round_to", type=round_to_arg, default=None,
+                   help="kept widths: multiples of this, or 'auto' (default: 64 for groups of >= 1024 units, else 1)")
     p.add_argument("--backend", default=None, help="solver backend (auto, torch, ...)")
     p.add_argument("--damping", type=non_negative, default=None)
     p.add_argument("--dtype", default=None, choices=("float32", "float64", "bfloat16", "float16"),

@@ -249,19 +249,35 @@ def _check_solver(method: Method) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- units
-def units_pruned(num_units: int, ratio: float, round_to: int = 1) -> int:
+AUTO_ROUND_TO = 64
+"""Kept-width multiple of ``round_to="auto"`` for wide groups (fast-kernel friendly; measured in benchmarks/ROUND_TO.md)."""
+AUTO_MIN_UNITS = 1024
+"""Groups with fewer units than this are not rounded by ``"auto"`` (heads, small models): [derived] rule."""
+
+
+def resolve_round_to(round_to, num_units: int) -> int:
+    """The multiple kept widths are rounded to: an int as given; ``"auto"`` -> 64 for groups of >= 1024 units
+    (MLP channels of real models), 1 otherwise ([derived]: not from a paper; rounding up keeps at most 63 more
+    units, e.g. 1076 -> 1088 of 1536 on SmolLM2 at 30%)."""
+    if round_to == "auto":
+        return AUTO_ROUND_TO if num_units >= AUTO_MIN_UNITS else 1
+    return int(round_to)
+
+
+def units_pruned(num_units: int, ratio: float, round_to=1) -> int:
     """Units removed at ``ratio``: keep ``ceil(n (1 - ratio))`` (FASP's n(1-s)), rounded to a multiple of round_to.
 
-    The kept count is rounded **up** to a multiple of ``round_to`` (capped at ``num_units``), so pruned widths
-    suit fast kernels; at least one unit is kept.
+    The kept count is rounded **up** to a multiple of ``round_to`` (an int, or "auto": see
+    :func:`resolve_round_to`; capped at ``num_units``), so pruned widths suit fast kernels; at least one unit is kept.
     """
+    round_to = resolve_round_to(round_to, num_units)
     keep = num_units - int(math.floor(ratio * num_units + 1e-9))
     if round_to > 1:
         keep = min(num_units, int(math.ceil(keep / round_to)) * round_to)
     return max(0, min(num_units - max(keep, 1), num_units - 1))
 
 
-def group_spec(units, ratio: float, round_to: int = 1):
+def group_spec(units, ratio: float, round_to=1):
     """A Channels spec over the group's units (explicit column partition), or None when nothing is pruned."""
     from ..formulations import Channels
 
@@ -282,4 +298,5 @@ def kept_units_from_solution(solution, units) -> tuple[int, ...]:
 
 
 __all__ = ["BUILTIN_FORMULATIONS", "Method", "builtin_methods", "group_spec", "kept_units_from_solution",
-           "method_names", "register_method", "resolve_method", "unregister_method", "units_pruned"]
+           "method_names", "register_method", "resolve_method", "resolve_round_to", "unregister_method",
+           "units_pruned"]

@@ -10,7 +10,8 @@ A recipe names
   (``uniform``, or ``softmax`` at ``temperature`` / ``global_threshold`` from dense importance scores, §7.3);
 * for channel methods, whether attention is pruned too (``attention``: ``none`` = MLP channels only,
   ``heads`` = whole heads / GQA groups, ``vo_channels`` = FASP's W_V rows + W_O columns) and the width
-  rounding ``round_to`` (kept widths become multiples of it, for fast kernels);
+  rounding ``round_to`` (kept widths become multiples of it, for fast kernels; the default ``"auto"`` rounds
+  groups of >= 1024 units to multiples of 64 and leaves smaller ones alone -- measured in benchmarks/ROUND_TO.md);
 * ``options``: values for the method's formulation fields (checked against that class's fields), the solver
   **backend** and typed solver options (:class:`prunekit.solvers.options.SolverOptions` fields), ``damping``;
 * the :class:`CalibrationSettings` (source, nsamples, seqlen, seed, input mode) and the compute ``dtype``.
@@ -126,7 +127,7 @@ class Recipe:
     backend: str = "auto"
     solver_options: Mapping[str, Any] = field(default_factory=dict)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
-    round_to: int = 1
+    round_to: Union[int, str] = "auto"
     damping: float = 0.01
     dtype: str = "float32"
     version: int = VERSION
@@ -196,10 +197,12 @@ class Recipe:
         if not _number(self.max_sparsity) or not self.sparsity <= self.max_sparsity < 1:
             raise FormulationError(f"max_sparsity must lie in [sparsity, 1) = [{self.sparsity:g}, 1), got "
                                    f"{self.max_sparsity!r}. Fix: e.g. max_sparsity=0.95.")
-        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
-            raise FormulationError(f"round_to must be a positive int, got {self.round_to!r}. "
-                                   f"Fix: 1 (no rounding), or a kernel-friendly multiple such as 8, 64, 128.")
-        if self.round_to > 1 and kind != "channels":
+        if self.round_to != "auto" and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
+                                         or self.round_to < 1):
+            raise FormulationError(f"round_to must be 'auto' or a positive int, got {self.round_to!r}. "
+                                   f"Fix: 'auto' (64 for groups of >= 1024 units, else 1), 1 (no rounding), or a "
+                                   f"kernel-friendly multiple such as 8, 64, 128.")
+        if self.round_to != "auto" and self.round_to > 1 and kind != "channels":
             raise FormulationError(f"round_to={self.round_to} rounds kept channel widths; structure "
                                    f"{str(self.structure)!r} removes no channels. Fix: drop round_to.")
         if not _number(self.damping) or not 0 <= self.damping < math.inf:
@@ -362,7 +365,8 @@ def check_recipe_fits(recipe: "Recipe", config: Mapping[str, Any]) -> None:
     """
     from .methods import units_pruned
 
-    if recipe.structure.kind != "channels" or recipe.round_to <= 1 or recipe.sparsity <= 0:
+    if recipe.structure.kind != "channels" or recipe.round_to == "auto" or recipe.round_to <= 1 \
+            or recipe.sparsity <= 0:
         return
     widths = prunable_widths(config, recipe.attention)
     if not widths:

@@ -128,3 +128,17 @@ def test_units_pruned_keeps_ceil_and_rounds_widths_up():
     assert units_pruned(64, 0.3, round_to=8) == 16  # keep 45 -> 48
     assert units_pruned(10, 0.0) == 0
     assert units_pruned(4, 0.9, round_to=8) == 0    # rounding up to 8 keeps everything
+
+
+def test_round_to_auto_rounds_wide_groups_to_64_and_leaves_small_ones():
+    """The default kept-width rounding: multiples of 64 for groups of >= 1024 units (fast kernels), none below."""
+    from prunekit.models.methods import resolve_round_to
+
+    assert Recipe(method="fasp", structure="channels", sparsity=0.3).round_to == "auto"
+    assert resolve_round_to("auto", 1536) == 64 and resolve_round_to("auto", 64) == 1 and resolve_round_to(8, 64) == 8
+    assert 1536 - units_pruned(1536, 0.3, "auto") == 1088   # SmolLM2 MLP at 30%: 1076 -> 1088
+    assert 14336 - units_pruned(14336, 0.3, "auto") == 10048  # LLaMA-3-8B MLP: ceil(10035.2) = 10036 -> 10048
+    assert units_pruned(64, 0.3, "auto") == units_pruned(64, 0.3, 1) == 19
+    assert Recipe(method="wanda", structure="unstructured").round_to == "auto"  # no effect without channels
+    with pytest.raises(FormulationError, match="'auto' or a positive int"):
+        Recipe(method="fasp", structure="channels", round_to="big")
