@@ -193,8 +193,9 @@ def resolve_method(value: Union[str, type, Method], *, check_solver: bool = True
         elif ":" in value:
             method = Method(_import_reference(value))
         else:
-            raise FormulationError(f"unknown method {value!r}; built-in methods: {', '.join(builtins)}. A formulation "
-                                   f"of your own is named 'package.module:ClassName' (or 'file.py:ClassName').")
+            raise FormulationError(f"unknown method {value!r}; built-in methods: {', '.join(builtins)}. Fix: use one of "
+                                   f"them, or name a formulation of your own as 'package.module:ClassName' (or "
+                                   f"'file.py:ClassName').")
     else:
         raise FormulationError(f"method must be a name, 'module:Class' or a Formulation class, got {value!r}.")
     if check_solver:
