@@ -36,22 +36,13 @@ if str(REPO) not in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import command_line, machine_info, machine_line, md_table, utc_now, versions, write_json  # noqa: E402
+from layer_solvers import activations  # noqa: E402  (the same synthetic correlated inputs)
 
 TARGET_RATIO = 2.0  # MRP 50 % / SparseGPT 50 %, same process (issue 10)
 METHODS = ("sparsegpt", "mrp", "fixed_fast", "fixed_exact")
 
 
 # ----------------------------------------------------------------------------------------------- data
-def activations(n: int, tokens: int, seed: int) -> torch.Tensor:
-    """(tokens, n) float32: power-law channel scales, 1 % outlier channels (x20), a rank-16 shared part."""
-    g = torch.Generator().manual_seed(seed)
-    scales = (1.0 + torch.arange(n, dtype=torch.float32)) ** -0.5
-    scales = scales[torch.randperm(n, generator=g)]
-    scales[torch.randperm(n, generator=g)[: max(1, n // 100)]] *= 20.0
-    x = torch.randn(tokens, n, generator=g) * scales
-    return x + 0.3 * torch.randn(tokens, 16, generator=g) @ (torch.randn(16, n, generator=g) * scales)
-
-
 def build_layer(m: int, n: int, tokens: int, seed: int = 0):
     from prunekit.formulations.layer import LayerData
 

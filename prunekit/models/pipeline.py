@@ -314,6 +314,7 @@ def finalize(store, sink, output, source: Path):
 
     from .checkpoint import ShardWriter, release_
     from .export import stock_layout
+    from .sinks import block_shard
     from .surgery import fix_config_
 
     fix_config_(store.model, store.adapter)
@@ -323,7 +324,7 @@ def finalize(store, sink, output, source: Path):
     writer.write(REST_SHARD, layout.transform(rest))
     del rest
     for index in range(len(store)):
-        name = sink_shard(index)
+        name = block_shard(index)
         if any(layout.affects(k) for k in _shard_names(output.path(name))):
             writer.write(name, layout.transform(load_file(str(output.path(name)))))
     import json
@@ -340,12 +341,6 @@ def finalize(store, sink, output, source: Path):
     ShardWriter(output.partial).finalize()
     release_(store.model)
     return layout
-
-
-def sink_shard(index: int) -> str:
-    from .sinks import block_shard
-
-    return block_shard(index)
 
 
 def _shard_names(path: Path) -> list[str]:
