@@ -18,6 +18,7 @@ Every formulation
 from __future__ import annotations
 
 import enum
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from functools import cached_property
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
 
 import torch
 
-from ..errors import ShapeError
+from ..errors import FormulationError, ShapeError
 from .form import ProblemForm
 from .layer import LayerData
 from .sparsity import SparsitySpec
@@ -68,8 +69,15 @@ class Formulation(ABC):
     """Structures the formulation accepts, a subset of {"unstructured", "nm", "channels"}; None derives them from
     the type of the ``sparsity`` field (Unstructured, NM, Channels, a Union of them, or SparsitySpec = all three)."""
     statistics: ClassVar[frozenset] = frozenset({"gram", "mean"})
-    """Calibration statistics the formulation reads from its LayerData: "gram" (G = X X^T), "mean" (input mean),
-    "star" (G* and X X*^T, intra-layer error correction); empty = no calibration data (magnitude)."""
+    """Calibration statistics the formulation reads from its LayerData: "gram" (the full G = X X^T), "norms" (only
+    diag G = ||X_j||^2: the model pipeline then accumulates the diagonal alone, O(N n) instead of O(N n^2)),
+    "mean" (input mean), "star" (G* and X X*^T, intra-layer error correction); empty = no calibration data
+    (magnitude: the pipeline runs no calibration forward at all).  A formulation that declares "gram" or "star"
+    refuses a layer with diagonal statistics."""
+    statistics_dtype: ClassVar[str] = "float32"
+    """Accumulation dtype the model pipeline uses for this formulation's statistics: "float32" (SparseGPT's and
+    Wanda's reference implementations accumulate in float32) or "float64" (where the formulation's objective
+    involves cancellations, e.g. FISTAPruner's error-corrected terms)."""
     unstructured_scope: ClassVar[str] = "row"
     """Comparison group of an unstructured ratio: "row" (per output row) or "layer" (one threshold)."""
     calibration_mode: ClassVar[str] = "propagated"
@@ -80,6 +88,10 @@ class Formulation(ABC):
     def __post_init__(self) -> None:
         if not isinstance(self.layer, LayerData):
             raise TypeError(f"layer must be a LayerData, got {type(self.layer).__name__}.")
+        if self.layer.is_diagonal and self.statistics & {"gram", "star"}:
+            raise FormulationError(
+                f"{type(self).__name__} needs the full Gram G = X X^T, but the layer holds only its diagonal "
+                f"(||X_j||^2). Fix: build LayerData with the (n, n) Gram (GramAccumulator(diagonal=False)).")
         self.validate()
 
     # ------------------------------------------------------------------ rules
@@ -134,7 +146,12 @@ class Formulation(ABC):
         * ``pruned_max_abs`` -- max |W_hat| on pruned entries (0 for a consistent solution);
         * ``nonfinite`` -- number of NaN/Inf entries in the weights;
         * ``objective`` -- the formulation's objective at the solution;
-        * ``relative_error`` -- objective / (1/2 ||W X||^2).
+        * ``relative_error`` -- objective / (1/2 ||W X||^2);
+        * ``objective_undamped`` -- the layer's reconstruction error ``F(W_hat) = 1/2 ||W_hat X(*) - W X||_F^2``
+          on the collected statistics, no damping (equal to ``objective`` for every reconstruction formulation);
+        * ``objective_damped`` -- ``F(W_hat) + 1/2 sum_j delta_j ||W_hat[:, j] - W[:, j]||^2``, the objective of
+          the damped problem that the restoration/OBS solvers minimize (G replaced by ``layer.damped_gram()``:
+          ``delta_j = lambda``, plus 1 on dead inputs G_jj = 0); see :func:`damping_term`.
         """
         w = solution.weights
         if tuple(w.shape) != self.layer.shape:
@@ -150,6 +167,7 @@ class Formulation(ABC):
         out["objective"] = obj
         energy = self.layer.dense_energy()
         out["relative_error"] = obj / energy if energy > 0 else obj
+        out.update(damped_and_undamped(self, w, solution.bias, obj))
         out.update(self._extra_residuals(solution))
         return out
 
@@ -191,6 +209,35 @@ class Formulation(ABC):
             else:
                 out[f.name] = repr(v)
         return out
+
+
+def damping_term(layer: LayerData, weights: torch.Tensor) -> float:
+    """``1/2 sum_j delta_j ||W_hat[:, j] - W[:, j]||^2``: what the damping adds to the reconstruction error.
+
+    ``delta_j = layer.damping_value()`` plus 1 where ``G_jj = 0`` -- exactly ``diag(layer.damped_gram()) - diag G``,
+    so ``F(W_hat) + damping_term`` is ``1/2 tr((W_hat - W)(G + lambda I)(W_hat - W)^T)`` (dead inputs at G_jj := 1).
+    Float64; O(m n).
+    """
+    w = layer.weight.detach().double()
+    g = layer.gram.detach()
+    diag = (g if g.dim() == 1 else g.diagonal()).double().to(w.device)
+    delta = layer.damping_value() + (diag == 0).double()
+    d = weights.detach().to(device=w.device, dtype=torch.float64) - w
+    return float(0.5 * torch.sum(d * d * delta.unsqueeze(0)))
+
+
+def damped_and_undamped(formulation: "Formulation", weights: torch.Tensor, bias: Optional[torch.Tensor],
+                        objective: float) -> dict[str, float]:
+    """``{"objective_undamped", "objective_damped"}`` of ``weights``; ``objective`` (the formulation's own value) is
+    reused as the undamped one when the formulation does not override :meth:`Formulation.objective`, so the
+    reconstruction error is computed once."""
+    if not math.isfinite(objective):
+        return {"objective_undamped": objective, "objective_damped": objective}
+    if type(formulation).objective is Formulation.objective:
+        undamped = objective
+    else:
+        undamped = formulation.layer.reconstruction_error(weights, bias)
+    return {"objective_undamped": undamped, "objective_damped": undamped + damping_term(formulation.layer, weights)}
 
 
 def restoration_stationarity(layer: LayerData, weights: torch.Tensor, mask: torch.Tensor) -> float:

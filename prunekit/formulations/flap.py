@@ -68,6 +68,7 @@ class FLAPRemoval(Formulation):
     paper: ClassVar[str] = "FLAP (An et al., AAAI 2024), CASIA-IVA-Lab/FLAP"
     method_name: ClassVar[str] = "flap"
     column_score: ClassVar[str] = "wifv"
+    statistics: ClassVar[frozenset] = frozenset({"norms", "mean"})
 
     def validate(self) -> None:
         if not isinstance(self.sparsity, Channels):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar, Literal, Mapping, Optional
 
 import torch
@@ -22,6 +23,58 @@ from .sparsity import NM, SparsitySpec, Unstructured
 
 WARM_STARTS = ("wanda", "sparsegpt", "dense", "magnitude")
 LAMBDA_INITS = ("kkt", "fraction")
+ROUNDOFF_ULPS = 16.0
+"""Round-off allowance of :func:`lasso_duality_gap`, in units of the dtype's eps times the terms' magnitudes."""
+
+
+def lasso_duality_gap(weights: torch.Tensor, gram_star: torch.Tensor, cross: torch.Tensor, row_const: torch.Tensor,
+                      lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-row duality gap and primal value of the lasso ``F_i(w) = 1/2 w G* w^T - w c_i^T + k_i + lam ||w||_1``.
+
+    With ``G* = R R^T`` (``R = X*``), ``c_i = y_i R^T`` and ``k_i = 1/2 ||y_i||^2`` (``y_i = w0_i X``), the row is
+    ``1/2 ||w R - y_i||^2 + lam ||w||_1``, whose Fenchel dual is ``max_u y_i u^T - 1/2 ||u||^2`` s.t.
+    ``||u R^T||_inf <= lam``.  The residual ``r = y_i - w R`` scaled to ``u = s r``,
+    ``s = min(1, lam / ||grad_i||_inf)`` (``r R^T = -grad_i``, ``grad_i = w G* - c_i``) is feasible, so
+
+    .. math::
+
+        \operatorname{gap}_i = F_i(w) - D(u) = 	frac12 (1 - s)^2 \lVert r 
+Vert^2 + s\, w \cdot 
+abla_i
+            + \lambda \lVert w 
+Vert_1 \;\ge\; F_i(w) - F_i^* \;\ge\; 0,
+
+    with ``||r||^2 = 2 (F_i(w) - lam ||w||_1)``; the gap is 0 exactly at the optimum (``s = 1``,
+    ``w . grad = -lam ||w||_1``).  The returned gap adds a round-off allowance of ``ROUNDOFF_ULPS * eps`` times the
+    magnitudes of the summed terms (``|w| |G*| |w|^T + 2 |w| . |c_i| + 2 k_i + lam ||w||_1``), so that the bound
+    also holds for the gap as computed in float64 (it is then never exactly 0).  Since the smooth part is quadratic,
+    ``F_i(w) - F_i^* >= 1/2 (w - w*) G* (w - w*)^T >= mu/2 ||w - w*||^2`` (``mu = lambda_min(G*)``).  Needs only
+    the statistics (never X); valid when they are consistent (one set of tokens).
+
+    Parameters
+    ----------
+    weights : Tensor (m, n)
+    gram_star, cross : Tensor (n, n), (m, n)
+    row_const : Tensor (m,)
+        ``k_i = 1/2 w0_i G w0_i^T`` (:meth:`L1Relaxation.row_constants`).
+    lam : float
+
+    Returns
+    -------
+    gap, primal : Tensor (m,), Tensor (m,)
+        In the dtype of ``weights`` (use float64); ``gap > 0`` by construction, ``primal = F_i(w)``.
+    """
+    eps = torch.finfo(weights.dtype).eps
+    a = weights.abs()
+    magnitude = ((a @ gram_star.abs()) * a).sum(dim=1) + 2.0 * (a * cross.abs()).sum(dim=1) + 2.0 * row_const.abs()
+    wg = weights @ gram_star
+    grad = wg - cross
+    smooth = (0.5 * (wg * weights).sum(dim=1) - (weights * cross).sum(dim=1) + row_const).clamp_min(0.0)
+    l1 = weights.abs().sum(dim=1)
+    gmax = grad.abs().amax(dim=1) if grad.shape[1] else torch.zeros_like(l1)
+    s = torch.where(gmax > lam, lam / gmax.clamp_min(torch.finfo(gmax.dtype).tiny), torch.ones_like(gmax))
+    gap = 0.5 * (1.0 - s) ** 2 * (2.0 * smooth) + s * (weights * grad).sum(dim=1) + lam * l1
+    return gap.clamp_min(0.0) + ROUNDOFF_ULPS * eps * (magnitude + lam * l1), smooth + lam * l1
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +98,20 @@ class L1Relaxation(Formulation):
     projected iterate (smallest ``E_total``) is returned.  Guarantee: HEURISTIC for the masked MIP.
 
     ``project=False, adaptive=False`` is the pure lasso (3) at fixed ``lam`` (convex; claims C8, C10, C11); its
-    ``objective`` is then ``f + lam ||W||_1`` and no sparsity spec is enforced.
+    ``objective`` is then ``F = f + lam ||W||_1`` and no sparsity spec is enforced.  Its certificates
+    (``residuals``) come from a feasible dual point (:func:`lasso_duality_gap`), so they *bound* the error:
+
+    * ``lasso_gap`` -- ``gap / F(W)`` with ``gap >= F(W) - F*``;
+    * ``lasso_output_distance`` -- ``sqrt(2 gap) / ||W X||_F >= ||(W - W*) X*||_F / ||W X||_F``: the distance in the
+      problem's own geometry (always finite; ``W* X*`` is unique even when ``W*`` is not).  Per row it is the
+      stopping certificate of the torch solver (``eps``);
+    * ``lasso_distance`` -- ``sqrt(2 gap / mu) / ||W||_F >= ||W - W*||_F / ||W||_F`` (``W`` the dense weight) with
+      ``mu`` = :meth:`strong_convexity` ``= lambda_min(G*)``; present only when ``G*`` is numerically positive
+      definite (otherwise the optimum need not be unique and no distance bound exists);
+    * ``lasso_kkt`` -- max KKT violation / ``lambda_max`` (a stationarity measure, not a bound on the distance).
+
+    The bounds assume consistent statistics (``G = X X^T``, ``G* = X* X*^T``, ``C = W X X*^T`` from the same
+    tokens, as :class:`~prunekit.formulations.layer.LayerData` accumulates them); the problem is *undamped*.
 
     Parameters
     ----------
@@ -72,7 +138,11 @@ class L1Relaxation(Formulation):
     xi : float
         Threshold on ``E_round / E_total`` (paper: 0.3).
     eps : float
-        Early stop of a row when ``||w_k - w_{k-1}|| / ||w_{k-1}|| < eps`` (0 disables it).
+        Early stop of a row (0 disables it).  Projected mode (the paper's Eq. 6): once
+        ``||w_k - w_{k-1}|| <= eps ||w_{k-1}||``.  Pure-lasso mode: once the row's certified output distance
+        ``sqrt(2 gap_i) / ||w0_i X|| <= eps`` (:func:`lasso_duality_gap`, so ``||(w_i - w*_i) X*|| <= eps ||w0_i X||``);
+        the solver reports ``"solved"`` only when every row meets it, so ``residuals["lasso_output_distance"] <= eps``
+        then.
     warm_start : {"wanda", "sparsegpt", "dense", "magnitude"}
     threshold_group : {"row", "layer"}, optional
         Comparison group of the hard threshold; must agree with an Unstructured spec's ``scope`` (default: it).
@@ -97,6 +167,7 @@ class L1Relaxation(Formulation):
     method_name: ClassVar[str] = "fista"
     structures: ClassVar[frozenset] = frozenset({"unstructured", "nm"})
     statistics: ClassVar[frozenset] = frozenset({"gram", "mean", "star"})
+    statistics_dtype: ClassVar[str] = "float64"
     calibration_mode: ClassVar[str] = "dense_sequential"
 
     def validate(self) -> None:
@@ -165,10 +236,48 @@ class L1Relaxation(Formulation):
         """∇f(W) = W G* - C, in the dtype and device of ``weights``."""
         return weights @ self.gram_star(weights.dtype, weights.device) - self.cross(weights.dtype, weights.device)
 
+    @cached_property
+    def _spectrum(self) -> tuple[float, float]:
+        """(lambda_min, lambda_max) of G* (float64, one eigvalsh per formulation)."""
+        g = self.gram_star()
+        if not g.numel():
+            return 0.0, 0.0
+        ev = torch.linalg.eigvalsh(0.5 * (g + g.T))
+        return float(ev.min()), float(ev.max())
+
     def lipschitz(self) -> float:
         """L = lambda_max(G*) (float64)."""
-        g = self.gram_star()
-        return float(torch.linalg.eigvalsh(0.5 * (g + g.T)).max()) if g.numel() else 0.0
+        return self._spectrum[1]
+
+    def strong_convexity(self) -> float:
+        """mu: a lower bound on lambda_min(G*) -- the computed one less its round-off ``4 n eps L`` -- or 0.0.
+
+        The lasso is mu-strongly convex, so ``||W - W*||_F^2 <= 2 gap / mu`` when mu > 0.
+        """
+        lo, hi = self._spectrum
+        mu = lo - 4.0 * self.layer.in_features * torch.finfo(torch.float64).eps * max(hi, 0.0)
+        return mu if mu > 0 else 0.0
+
+    def row_constants(self, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+        """``k_i = 1/2 w0_i G w0_i^T`` (m,): the constant of row i's smooth part (1/2 ||w0_i X||^2)."""
+        w = self.layer.weight.detach().to(device=device or self.layer.weight.device, dtype=dtype)
+        return 0.5 * ((w @ self.layer.gram.detach().to(device=w.device, dtype=dtype)) * w).sum(dim=1)
+
+    def lasso_certificate(self, weights: torch.Tensor, lam: Optional[float] = None) -> dict[str, float]:
+        """The bounds of the class docstring at ``weights`` (float64): ``lasso_gap``, ``lasso_output_distance`` and,
+        when mu > 0, ``lasso_distance``."""
+        lam = self.initial_lambda() if lam is None else lam
+        w = weights.detach().to(device=self.layer.weight.device, dtype=torch.float64)
+        gap, primal = lasso_duality_gap(w, self.gram_star(), self.cross(), self.row_constants(), lam)
+        total, value = float(gap.sum()), float(primal.sum())
+        out = {"lasso_gap": total / value if value > 0 else 0.0}
+        energy = self.layer.dense_energy()
+        out["lasso_output_distance"] = math.sqrt(2.0 * total / (2.0 * energy)) if energy > 0 else 0.0
+        mu = self.strong_convexity()
+        if mu > 0:
+            norm = float(torch.linalg.vector_norm(self.layer.weight.detach().double()))
+            out["lasso_distance"] = math.sqrt(2.0 * total / mu) / norm if norm > 0 else 0.0
+        return out
 
     def lambda_max(self) -> float:
         """max_ij |C_ij|: W* = 0 is the lasso optimum iff lam >= this (C11)."""
@@ -210,7 +319,7 @@ class L1Relaxation(Formulation):
         lam = self.initial_lambda()
         viol = torch.where(w != 0, (g + lam * torch.sign(w)).abs(), (g.abs() - lam).clamp_min(0.0))
         scale = max(self.lambda_max(), 1e-300)
-        return {"lasso_kkt": float(viol.max()) / scale if viol.numel() else 0.0}
+        return {"lasso_kkt": float(viol.max()) / scale if viol.numel() else 0.0, **self.lasso_certificate(w, lam)}
 
     # ------------------------------------------------------------------ warm start
     def warm_start_weights(self) -> tuple[torch.Tensor, str]:
@@ -257,4 +366,4 @@ class L1Relaxation(Formulation):
         return cls(layer, spec, warm_start="magnitude")
 
 
-__all__ = ["L1Relaxation", "LAMBDA_INITS", "WARM_STARTS"]
+__all__ = ["L1Relaxation", "LAMBDA_INITS", "ROUNDOFF_ULPS", "WARM_STARTS", "lasso_duality_gap"]

@@ -64,9 +64,13 @@ class LayerData:
     ----------
     weight : Tensor, shape (m, n)
         Dense weight W, PyTorch layout.
-    gram : Tensor, shape (n, n)
+    gram : Tensor, shape (n, n) or (n,)
         G = X X^T summed over the ``num_tokens`` calibration tokens; symmetric PSD. Accumulate in
         float32 or float64 (see :class:`prunekit.formulations.statistics.GramAccumulator`).
+        A vector of shape (n,) states *diagonal statistics*: only diag G = (||X_j||^2)_j is known (what Wanda,
+        FLAP and the column scores read).  The layer then stands for the diagonal model G := diag(g): objectives
+        and energies are computed under it (``is_diagonal`` says so), and formulations that declare the full
+        Gram among their ``statistics`` refuse such a layer.
     num_tokens : int
         N, the number of calibration tokens summed into ``gram``.
     bias : Tensor, shape (m,), optional
@@ -110,9 +114,9 @@ class LayerData:
                 f"Fix: pass the nn.Linear weight (transpose GPT-2 Conv1D weights first)."
             )
         m, n = self.weight.shape
-        if tuple(self.gram.shape) != (n, n):
+        if tuple(self.gram.shape) not in ((n, n), (n,)):
             raise ShapeError(
-                f"gram must be {n} x {n} to match weight of shape {m} x {n}, got {tuple(self.gram.shape)}. "
+                f"gram must be {n} x {n} (or its diagonal, ({n},)) to match weight of shape {m} x {n}, got {tuple(self.gram.shape)}. "
                 f"Fix: accumulate G = X X^T over the layer's *inputs* (in_features = {n})."
             )
         if isinstance(self.num_tokens, bool) or not isinstance(self.num_tokens, int) or self.num_tokens <= 0:
@@ -136,6 +140,9 @@ class LayerData:
                 "Fix: pass both, or neither for the plain objective."
             )
         if self.gram_star is not None:
+            if self.is_diagonal:
+                raise ShapeError("error-correction terms need the full Gram G, not its diagonal. "
+                                 "Fix: accumulate the full G = X X^T (GramAccumulator(diagonal=False)).")
             _require_float("gram_star", self.gram_star)
             _require_float("cross", self.cross)
             if tuple(self.gram_star.shape) != (n, n):
@@ -149,6 +156,11 @@ class LayerData:
             self._check_gram("gram_star", self.gram_star)
 
     def _check_gram(self, name: str, gram: torch.Tensor) -> None:
+        if gram.dim() == 1:  # diagonal statistics: PSD iff every entry is >= 0
+            if gram.numel() and float(gram.min()) < 0:
+                raise GramError(f"{name} (the diagonal of G) has a negative entry ({float(gram.min()):.3g}), so it is "
+                                f"not a sum of squares. Fix: pass diag(X X^T) of real inputs.")
+            return
         g = gram.detach().to(torch.float64)
         scale = float(g.diagonal().abs().mean()) if g.numel() else 0.0
         scale = max(scale, 1e-300)
@@ -189,6 +201,19 @@ class LayerData:
         return int(self.weight.shape[1])
 
     @property
+    def is_diagonal(self) -> bool:
+        """True when only diag G is known (``gram`` of shape (n,)); G is then the diagonal matrix diag(g)."""
+        return self.gram.dim() == 1
+
+    def gram_diagonal(self) -> torch.Tensor:
+        """diag G = (||X_j||^2)_j, shape (n,), in the statistics' dtype and device."""
+        return self.gram.detach() if self.is_diagonal else self.gram.detach().diagonal()
+
+    def gram_matrix(self) -> torch.Tensor:
+        """G as an (n, n) matrix (diag(g) for diagonal statistics)."""
+        return torch.diag(self.gram.detach()) if self.is_diagonal else self.gram
+
+    @property
     def has_error_correction(self) -> bool:
         """True when the objective uses X* (``gram_star`` and ``cross``)."""
         return self.gram_star is not None
@@ -197,7 +222,8 @@ class LayerData:
     def damping_value(self, gram: Optional[torch.Tensor] = None) -> float:
         """Absolute damping lambda = damping * mean(diag G) (1.0 * damping when diag G is all zero)."""
         g = self.gram if gram is None else gram
-        mean_diag = float(g.diagonal().double().mean()) if g.numel() else 0.0
+        diag = g if g.dim() == 1 else g.diagonal()
+        mean_diag = float(diag.double().mean()) if g.numel() else 0.0
         return self.damping * (mean_diag if mean_diag > 0 else 1.0)
 
     def damped_gram(self, dtype: torch.dtype = torch.float64, device=None, extra: float = 0.0) -> torch.Tensor:
@@ -205,7 +231,7 @@ class LayerData:
 
         Dead inputs (G_jj = 0) get G_jj := 1 first, as in SparseGPT, so the damped matrix is PD.
         """
-        g = self.gram.detach().to(device=device or self.gram.device, dtype=dtype).clone()
+        g = self.gram_matrix().detach().to(device=device or self.gram.device, dtype=dtype).clone()
         dead = g.diagonal() == 0
         if dead.any():
             g.diagonal()[dead] = 1.0
@@ -220,12 +246,12 @@ class LayerData:
                 "(GramAccumulator tracks it) for FLAP."
             )
         mu = self.input_mean.detach().double()
-        var = self.gram.detach().double().diagonal() / self.num_tokens - mu * mu
+        var = self.gram_diagonal().double() / self.num_tokens - mu * mu
         return var.clamp_min(0.0)
 
     def input_norms(self) -> torch.Tensor:
         """Per-channel input norms ||X_j||_2 = sqrt(G_jj), float64 (the Wanda/FASP feature norm)."""
-        return self.gram.detach().double().diagonal().clamp_min(0.0).sqrt()
+        return self.gram_diagonal().double().clamp_min(0.0).sqrt()
 
     # ------------------------------------------------------------------ objective
     def reconstruction_error(self, weight_hat: torch.Tensor, bias_hat: Optional[torch.Tensor] = None) -> float:
@@ -240,7 +266,10 @@ class LayerData:
         w = self.weight.detach().double()
         wh = weight_hat.detach().to(device=w.device, dtype=torch.float64)
         g = self.gram.detach().to(device=w.device, dtype=torch.float64)
-        if self.has_error_correction:
+        if self.is_diagonal:
+            d = wh - w
+            value = 0.5 * torch.sum(d * d * g.unsqueeze(0))
+        elif self.has_error_correction:
             gs = self.gram_star.detach().to(device=w.device, dtype=torch.float64)
             c = self.cross.detach().to(device=w.device, dtype=torch.float64)
             value = 0.5 * (
@@ -265,7 +294,10 @@ class LayerData:
     def dense_energy(self) -> float:
         """1/2 ||W X||_F^2: the error of pruning everything; the natural scale for relative errors."""
         w = self.weight.detach().double()
-        return float(0.5 * torch.sum((w @ self.gram.detach().double().to(w.device)) * w))
+        g = self.gram.detach().double().to(w.device)
+        if self.is_diagonal:
+            return float(0.5 * torch.sum(w * w * g.unsqueeze(0)))
+        return float(0.5 * torch.sum((w @ g) * w))
 
     # ------------------------------------------------------------------ constructors
     @classmethod

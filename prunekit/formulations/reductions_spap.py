@@ -122,23 +122,24 @@ class RelaxedChannelMIP(Formulation):
 def exact_restore(layer, keep: torch.Tensor) -> torch.Tensor:
     """Exact (undamped) least-squares weights (float64, cpu) on the kept columns ``keep`` (n,) bool (C1).
 
-    Solves W_S A_SS = B_S with A = G, B = W G (A = G*, B = C with error correction) by SVD-based least
-    squares, so a singular G_SS gives the minimum-norm optimum rather than a failure.
+    Solves W_S A_SS = B_S with A = G, B = W G (A = G*, B = C with error correction) exactly on the stated
+    (A, B) and returns the minimum-norm minimiser rounded to float64 (zero off ``keep``): a singular
+    G_SS (duplicated or all-zero inputs) gives the minimum-norm optimum, and an ill-conditioned one
+    (cond(X) ~ 1e8, cond(G_SS) ~ 1e16) keeps every direction with a positive eigenvalue.  See
+    :mod:`prunekit.solvers.reference.exact_lstsq` for the method and the measurements that chose it
+    (the former ``lstsq(G_SS, rcond=1e-12)`` discarded directions the optimum needs).
     """
-    w = layer.weight.detach().double().cpu()
-    if layer.has_error_correction:
-        a, b = layer.gram_star.detach().double().cpu(), layer.cross.detach().double().cpu()
-    else:
-        a = layer.gram.detach().double().cpu()
-        b = w @ a
+    from ..solvers.reference.exact_lstsq import RestrictedLstsq
+
     keep = keep.bool().cpu()
-    out = torch.zeros_like(w)
-    idx = torch.nonzero(keep).flatten()
-    if idx.numel():
-        a_ss = a[idx][:, idx]
-        sol = torch.linalg.lstsq(a_ss, b[:, idx].T, rcond=1e-12, driver="gelsd").solution
-        out[:, idx] = sol.T
-    return out
+    if tuple(keep.shape) != (layer.in_features,):
+        raise FormulationError(
+            f"exact_restore needs one keep flag per input column, shape ({layer.in_features},), got "
+            f"{tuple(keep.shape)}. Fix: pass a (n,) bool vector (row i of a per-row mask: mask[i])."
+        )
+    prob = RestrictedLstsq.from_layer(layer)
+    w_hat, _ = prob.restore(torch.nonzero(keep).flatten().numpy())
+    return torch.from_numpy(w_hat)
 
 
 class SPAPRelaxation(Reduction):

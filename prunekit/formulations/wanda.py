@@ -44,6 +44,7 @@ class WandaPruning(Formulation):
     paper: ClassVar[str] = "Sun et al., Wanda, arXiv 2306.11695 (methods.md §8.2)"
     method_name: ClassVar[str] = "wanda"
     structures: ClassVar[frozenset] = frozenset({"unstructured", "nm"})
+    statistics: ClassVar[frozenset] = frozenset({"norms"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", coerce_sparsity(self.sparsity, "layer" if self.variant else "row"))

@@ -96,6 +96,11 @@ def adapter_for(model_or_type) -> FamilyAdapter:
     for adapter in _FAMILIES:
         if model_type in adapter.model_types:
             return adapter
+    if not isinstance(model_or_type, str):
+        from .families.generic import generic_adapter, is_causal_lm
+
+        if is_causal_lm(model_or_type):  # unstructured / N:M for any causal LM; channels raise its clear error
+            return generic_adapter(model_or_type)
     raise ModelError(
         f"unsupported architecture {model_type!r}. Supported model types: {', '.join(supported_model_types())}. "
         f"Fix: add a FamilyAdapter in prunekit/models/families/ and register it with @register_family."

@@ -79,7 +79,28 @@ class Method:
 
     @property
     def statistics(self) -> frozenset:
+        """The calibration statistics the formulation declares (``Formulation.statistics``)."""
         return frozenset(self.formulation.statistics)
+
+    @property
+    def statistics_basis(self) -> str:
+        """What the pipeline accumulates for this method: "gram" (full G, and G* / X X*^T when "star" is
+        declared), "diagonal" (diag G only: "norms" and/or "mean" declared) or "none" (no calibration at all)."""
+        stats = self.statistics
+        if stats & {"gram", "star"}:
+            return "gram"
+        return "diagonal" if stats else "none"
+
+    @property
+    def statistics_dtype(self):
+        """torch dtype the pipeline accumulates the statistics in (``Formulation.statistics_dtype``)."""
+        import torch
+
+        declared = getattr(self.formulation, "statistics_dtype", "float32")
+        if declared not in ("float32", "float64"):
+            raise FormulationError(f"{self.formulation.__name__}.statistics_dtype must be 'float32' or 'float64', "
+                                   f"got {declared!r}.")
+        return torch.float64 if declared == "float64" else torch.float32
 
     @property
     def calibration_mode(self) -> str:

@@ -21,8 +21,11 @@ class LayerRecord:
     formulation, backend, status : what solved it; ``status`` is the Solution's, or "skipped" (nothing pruned).
     shape : (out, in) of the downstream weight.
     target_sparsity, sparsity : asked for / achieved fraction of pruned weights of that module.
-    objective : 1/2 ||W_hat X - W X||_F^2 on the damped statistics (the solver's objective).
+    objective : 1/2 ||W_hat X - W X||_F^2 on the statistics the method collected (``statistics``).
     relative_error : objective / (1/2 ||W X||_F^2).
+    statistics : what ``objective`` is measured on: "gram" (the full G = X X^T), "diagonal" (only diag G was
+        collected -- Wanda, FLAP -- so the objective is that of the diagonal model G := diag(||X_j||^2)) or
+        "none" (no calibration -- magnitude -- so it is 1/2 ||W_hat - W||_F^2).
     kept_units, num_units : for coupled groups, units kept of units in all.
     time_s : solver wall time.
     """
@@ -42,6 +45,7 @@ class LayerRecord:
     kept_units: Optional[int] = None
     num_units: Optional[int] = None
     time_s: float = 0.0
+    statistics: str = "gram"
 
     @property
     def key(self) -> str:

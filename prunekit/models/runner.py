@@ -38,7 +38,7 @@ from torch import nn
 
 from ..distributed import SINGLE, current
 from ..errors import ModelError
-from .calibration import CalibrationSet, capture_block_inputs, collect_grams, forward_block
+from .calibration import CalibrationSet, NoStatistics, capture_block_inputs, collect_grams, forward_block
 from .methods import group_spec, kept_units_from_solution
 from .plan import GroupEdit, ModuleEdit, PruningPlan
 from .recipe import Recipe
@@ -97,7 +97,9 @@ def _solve_target(target: Target, dense: nn.Module, acc, adapter, recipe: Recipe
     if spec is None:
         return None, LayerRecord(**base)
     bias = module.bias.detach().clone() if getattr(module, "bias", None) is not None else None
-    layer = acc.layer_data(weight, bias=bias, damping=recipe.damping)
+    # G = X X^T was accumulated here, so it is PSD by construction: skip LayerData's O(n^3) PSD check (the solvers'
+    # damped Cholesky still escalates damping on an indefinite G from rounding).
+    layer = acc.layer_data(weight, bias=bias, damping=recipe.damping, check_psd=False)
     formulation = recipe.method.formulation_for(layer, spec, recipe.options)
     solution = solve(formulation, backend=recipe.backend, **recipe.solver_options)
     record = LayerRecord(
@@ -105,7 +107,7 @@ def _solve_target(target: Target, dense: nn.Module, acc, adapter, recipe: Recipe
         status=solution.status, sparsity=float(solution.sparsity), objective=float(solution.objective),
         relative_error=float(solution.residuals.get("relative_error", float("nan"))),
         mask_violations=float(solution.residuals.get("mask_violations", 0.0)),
-        time_s=float(solution.stats.get("time_s", 0.0)),
+        time_s=float(solution.stats.get("time_s", 0.0)), statistics=recipe.method.statistics_basis,
         kept_units=None if target.group is None else len(kept_units_from_solution(solution, target.group.units)),
         num_units=None if target.group is None else target.group.num_units,
     )
@@ -182,6 +184,18 @@ def solve_cost(module: nn.Module, adapter) -> int:
     return int(n) * int(n) * (int(m) + int(n))
 
 
+def _statistics(recipe: Recipe, dense: nn.Module, work: Optional[nn.Module], inputs, targets: list[Target], adapter,
+                device) -> dict:
+    """The statistics the method declares for each target of a stage (``Method.statistics_basis``): the full Gram
+    (with G* and X X*^T in the sequential modes), its diagonal alone, or none at all (no forward pass)."""
+    names = [t.rel for t in targets]
+    basis = recipe.method.statistics_basis
+    if basis == "none":
+        return {n: NoStatistics(adapter.get_weight(dense.get_submodule(n)).shape[1]) for n in names}
+    return collect_grams(dense, inputs, names, device=device, star_block=work, diagonal=basis == "diagonal",
+                         gram_dtype=recipe.method.statistics_dtype)
+
+
 def prune_block(store, index: int, block: nn.Module, inputs, recipe: Recipe, *, device, dtype,
                 ratios: Optional[dict[str, float]], ctx=SINGLE) -> tuple[PruningPlan, nn.Module]:
     """Solve every target of one block; returns the block's plan (edits in the block's dtype) and the dense copy.
@@ -212,8 +226,8 @@ def prune_block(store, index: int, block: nn.Module, inputs, recipe: Recipe, *, 
         stage_targets = [t for t in targets if t.rel in stage]
         if not stage_targets:
             continue
-        accs = ctx.checked(collect_grams, dense, inputs, [t.rel for t in stage_targets], device=device,
-                           star_block=work if sequential else None)
+        accs = ctx.checked(_statistics, recipe, dense, work if sequential else None, inputs, stage_targets, adapter,
+                           device)
         costs = [solve_cost(dense.get_submodule(t.rel), adapter) for t in stage_targets]
         for target, outcome in _stage_outcomes(ctx, stage_targets, accs, solve, costs):
             out.records.append(outcome.record)
@@ -265,7 +279,8 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
         store.prepare()
         return capture_block_inputs(store.model, store.adapter, local, device=device, dtype=dtype, storage=storage)
 
-    inputs = ctx.checked(first_inputs)
+    calibrated = recipe.method.statistics_basis != "none"  # magnitude: no calibration forward at all
+    inputs = ctx.checked(first_inputs) if calibrated else ctx.checked(store.prepare)
     iterator = range(len(store))
     bar = None
     if progress and ctx.is_main:
@@ -277,7 +292,7 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
         last = index + 1 == len(store)
         if index < sink.resume_from:  # committed by an earlier (killed) run: only propagate through it
             committed = None
-            if not last:
+            if not last and calibrated:
                 committed = ctx.checked(store.load, index) if dense_inputs else sink.committed(store, index)
             inputs = ctx.checked(_propagate_and_release, store, index, committed, inputs, device, dtype, storage)
             continue
@@ -314,7 +329,7 @@ def _commit(store, sink, index: int, block_plan: PruningPlan, stream, inputs, la
     ``stream`` (the dense copy) or the pruned block, commit it to the sink (which writes on rank 0 only when
     distributed) and release the block.  Returns the next block's inputs."""
     pruned = pruned_block(store.model, store.adapter, index, block_plan)
-    if not last:
+    if not last and inputs is not None:
         stream = stream if stream is not None else as_compute(pruned, device, dtype)
         inputs = forward_block(stream, inputs, device=device, storage=storage)
     sink.commit(store, index, pruned, block_plan)
@@ -324,7 +339,7 @@ def _commit(store, sink, index: int, block_plan: PruningPlan, stream, inputs, la
 
 def _propagate_and_release(store, index: int, committed, inputs, device, dtype, storage):
     """Inputs of block ``index + 1`` through an already committed block (``committed`` None: the last block)."""
-    if committed is not None:
+    if committed is not None and inputs is not None:
         inputs = forward_block(as_compute(committed, device, dtype), inputs, device=device, storage=storage)
     store.release(index)
     return inputs

@@ -10,6 +10,9 @@ A solver is registered for one (formulation type, backend) pair with
 * ``exact`` -- returns the proven optimum of the formulation's stated problem (used as the reference in
   differential tests);
 * ``devices`` -- device types it runs on;
+* ``iterative`` -- its answer comes from a loop with a stopping tolerance; set by
+  :class:`~prunekit.solvers.iterative.IterativeSolver`, whose ``IterationStats`` sit in ``solution.stats``
+  under fixed keys (the conformance suite reads this attribute, never a stats key's spelling);
 * ``options_type`` -- its :class:`~prunekit.solvers.options.SolverOptions` dataclass.
 """
 
@@ -37,6 +40,7 @@ class Solver(ABC):
     handles_integer: ClassVar[bool] = False
     exact: ClassVar[bool] = False
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    iterative: ClassVar[bool] = False
     options_type: ClassVar[type[SolverOptions]] = SolverOptions
 
     @classmethod

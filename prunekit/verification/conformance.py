@@ -12,9 +12,14 @@ For every solver class in :func:`prunekit.solvers.registry.registered` and sever
 * ``deterministic``       -- two solves with the same options are bitwise identical;
 * ``input_not_mutated``   -- every tensor of the formulation (weights, Gram, ...) is bitwise unchanged;
 * ``residuals``           -- all residuals finite; stationarity/KKT residuals (run with ``dtype="float64"``)
-  below ``tolerances.for_dtype("float64", backend).kkt``, or ``100 * options.tol`` for iterative solvers
-  (those reporting ``stats["iterations"]``); variants such as ``stationarity``/``stationarity_undamped``
-  count as one certificate, met when one variant is;
+  below :func:`~prunekit.verification.tolerances.kkt_bound`: ``for_dtype("float64", backend).kkt``, or
+  ``100 * tol`` for iterative solvers -- those *declaring* ``iterative = True``
+  (:class:`~prunekit.solvers.iterative.IterativeSolver`), ``tol`` being the stopping tolerance of their
+  ``IterationStats`` (never guessed from how a stats key is spelt); variants such as
+  ``stationarity``/``stationarity_undamped`` count as one certificate, met when one variant is;
+* ``iteration_stats``     -- (iterative solvers) ``solution.stats`` holds a valid
+  :class:`~prunekit.solvers.iterative.IterationStats` under its fixed keys, and the status is the one its
+  stop reason supports ("solved" only when the certificate held, "max_iter" on the limit);
 * ``matches_reference``   -- torch solvers (run with ``dtype="float64"``) reach the objective of their
   reference twin (a non-torch solver of the same formulation type, ``exact=True`` preferred) and, when the
   scores have no ties and the twin is not an exact MIP (several optima), the same mask (up to entries where
@@ -46,6 +51,7 @@ Programmatically: :func:`run_conformance` returns one record per check.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -53,8 +59,10 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailable, VerificationError
+from .checks import stationarity_violations
 from .contracts import (
     PER_EXAMPLE_CHECKS,
+    _solve,
     check_device_cuda,
     check_example_implemented,
     check_has_reference_twin,
@@ -62,6 +70,7 @@ from .contracts import (
     find_example,
     reference_twin,
 )
+from .tolerances import kkt_bound
 
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -85,6 +94,69 @@ class ConformanceCheck:
 
     def __repr__(self) -> str:
         return self.id
+
+
+# ---------------------------------------------------------------------------------------------- iterative solvers
+def is_iterative(solver_cls: type) -> bool:
+    """Whether ``solver_cls`` declares itself iterative (class attribute ``iterative``; IterativeSolver sets it)."""
+    return bool(getattr(solver_cls, "iterative", False))
+
+
+def solver_kkt_bound(solver_cls: type, solution, dtype: str = "float64") -> float:
+    """:func:`~prunekit.verification.tolerances.kkt_bound` for ``solution`` of ``solver_cls``.
+
+    An iterative solver's tolerance is the ``tol`` of its ``IterationStats``; a solver that declares itself
+    iterative without reporting one is judged against ``options.tol``.
+    """
+    if not is_iterative(solver_cls):
+        return kkt_bound(dtype, solver_cls.backend)
+    tol = solution.stats.get("tol")
+    if tol is None:
+        tol = solution.provenance.get("options", {}).get("tol", 0.0) or 0.0
+    return kkt_bound(dtype, solver_cls.backend, iterative=True, tol=float(tol))
+
+
+def check_residuals(solver_cls: type, formulation) -> None:
+    """All residuals finite; every stationarity certificate (float64 solve) within :func:`solver_kkt_bound`."""
+    dtype = "float64"
+    sol = _solve(solver_cls, formulation, dtype=dtype)
+    bad = {k: v for k, v in sol.residuals.items() if not math.isfinite(float(v))}
+    if bad:
+        raise VerificationError(f"{solver_cls.__name__}: non-finite residuals {bad}.")
+    kkt = solver_kkt_bound(solver_cls, sol, dtype)
+    over = stationarity_violations(dict(sol.residuals), kkt)
+    if over:
+        raise VerificationError(
+            f"{solver_cls.__name__} (dtype={dtype}, iterative={is_iterative(solver_cls)}): stationarity residuals "
+            f"{over} exceed {kkt:.3g} (damping used: {sol.stats.get('damping_used', 'n/a')}, "
+            f"iterations: {sol.stats.get('iterations', 'n/a')})."
+        )
+
+
+def check_iteration_stats(solver_cls: type, formulation) -> None:
+    """An iterative solver reports a valid IterationStats and the status its stop reason supports."""
+    from ..solvers.iterative import IterationStats
+
+    sol = _solve(solver_cls, formulation)
+    try:
+        loop = IterationStats.from_stats(sol.stats)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VerificationError(f"{solver_cls.__name__} declares iterative=True but its stats are not an "
+                                f"IterationStats: {exc}") from None
+    if sol.status not in (loop.status, "heuristic"):
+        raise VerificationError(f"{solver_cls.__name__}: status {sol.status!r} but the loop ended "
+                                f"{loop.stop_reason!r} (which supports {loop.status!r}).")
+    if loop.iterations > loop.max_iter:
+        raise VerificationError(f"{solver_cls.__name__}: {loop.iterations} iterations > max_iter={loop.max_iter}.")
+
+
+def per_example_checks(solver_cls: type) -> dict[str, Callable]:
+    """The per-example checks of ``solver_cls``: the contracts, with the residuals check of this module (iterative
+    solvers judged by their declaration) and, for iterative solvers, ``iteration_stats``."""
+    checks = {**PER_EXAMPLE_CHECKS, "residuals": check_residuals}
+    if is_iterative(solver_cls):
+        checks["iteration_stats"] = check_iteration_stats
+    return checks
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -141,7 +213,7 @@ def conformance_checks(seeds: Iterable[int] = DEFAULT_SEEDS, solvers: Optional[S
             continue
         twin = reference_twin(cls) if cls.backend == "torch" else None
         for seed in seeds:
-            for name, fn in PER_EXAMPLE_CHECKS.items():
+            for name, fn in per_example_checks(cls).items():
                 if name == "dtype_float32" and cls.formulation_type in layerless:
                     continue
                 out.append(ConformanceCheck(name, cls, seed, _example_check(fn, cls, seed)))
@@ -179,6 +251,7 @@ def run_conformance(seeds: Iterable[int] = DEFAULT_SEEDS, solvers: Optional[Sequ
 
 
 __all__ = [
-    "ConformanceCheck", "conformance_checks", "find_example", "parametrize_with_checks", "reference_twin",
-    "registered_pairs", "run_conformance",
+    "ConformanceCheck", "check_iteration_stats", "check_residuals", "conformance_checks", "find_example",
+    "is_iterative", "parametrize_with_checks", "per_example_checks", "reference_twin", "registered_pairs",
+    "run_conformance", "solver_kkt_bound",
 ]

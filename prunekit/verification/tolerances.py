@@ -14,6 +14,10 @@ compare entrywise against ``atol * max|W| + rtol * |W_ref|``.  ``kkt`` bounds re
 The defaults are calibrated for the toy layers of :mod:`prunekit.verification.strategies`, whose Gram
 matrices reach a condition number of ~1e8: float32 solves lose up to ``cond * eps`` in the weights, but
 objective values (a backward-stable quantity) stay close.
+
+An iterative solver (one that declares ``iterative = True``, i.e. derives from
+:class:`~prunekit.solvers.iterative.IterativeSolver`) stops at its own tolerance, so :func:`kkt_bound` judges
+its KKT residuals against ``ITERATIVE_KKT_FACTOR * tol`` when that is looser than the dtype's bound.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ _BACKEND_FLOOR = {
     "bruteforce": (1e-9, 1e-7, 1e-7),
     "torch": (0.0, 0.0, 0.0),
 }
+
+
+ITERATIVE_KKT_FACTOR = 100.0
+"""How far above its own stopping tolerance an iterative solver's relative KKT residuals may sit."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,22 @@ def for_dtype(dtype: Union[str, torch.dtype] = "float64", backend: str = "torch"
     return base.combine(Tolerance(*floor))
 
 
+def kkt_bound(dtype: Union[str, torch.dtype] = "float64", backend: str = "torch", *, iterative: bool = False,
+              tol: float = 0.0) -> float:
+    """Largest acceptable relative KKT residual of a solution computed in ``dtype`` by a ``backend`` solver.
+
+    ``for_dtype(dtype, backend).kkt``; for an ``iterative`` solver (its class attribute, never guessed from its
+    stats) at least ``ITERATIVE_KKT_FACTOR * tol``, where ``tol`` is the stopping tolerance it reports
+    (``solution.stats["tol"]`` of :class:`~prunekit.solvers.iterative.IterationStats`).
+    """
+    base = for_dtype(dtype, backend=backend).kkt
+    if not iterative:
+        return base
+    if not (math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}.")
+    return max(base, ITERATIVE_KKT_FACTOR * tol)
+
+
 def objective_error(actual: float, expected: float, scale: Optional[float] = None) -> float:
     """|actual - expected| / max(scale, |expected|, tiny): a relative objective error (inf for non-finite)."""
     if not (math.isfinite(actual) and math.isfinite(expected)):
@@ -140,4 +164,4 @@ def weights_close(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance,
     return bool(((a - e).abs() <= tol.atol * s + tol.rtol * e.abs()).all())
 
 
-__all__ = ["Tolerance", "for_dtype", "objective_error", "objectives_close", "weights_close", "weights_error"]
+__all__ = ["ITERATIVE_KKT_FACTOR", "Tolerance", "for_dtype", "kkt_bound", "objective_error", "objectives_close", "weights_close", "weights_error"]

@@ -19,21 +19,31 @@ from prunekit.formulations.reductions_spap import SPAPRelaxation
 from prunekit.formulations.sparsity import Channels
 from prunekit.solvers.reference.bruteforce import best_channel_set
 from prunekit.solvers.solution import Solution
-from prunekit.verification.claims import assert_claim
-from prunekit.verification.claims.c04_spap_relaxation import relaxation_errors
-from prunekit.verification.toy import CONDITIONINGS, random_layer
+from prunekit.verification import strategies as pst
+from prunekit.verification.claims import get_claim
+from prunekit.verification.claims.c04_spap_relaxation import relaxation_errors_for
+from prunekit.verification.toy import random_layer
+
+CLAIM = get_claim("C4")
 
 
-@given(seed=st.integers(0, 2**32 - 1))
-def test_claim_c04_holds(seed):
-    """Property: the claim's check passes on hypothesis-drawn seeds."""
-    assert assert_claim("C4", np.random.default_rng(seed)) <= 1e-10
+@st.composite
+def relaxation_instances(draw):
+    """(layer, Channels(count=k), relaxed selection s with 1^T s = k) over every conditioning."""
+    layer = draw(pst.toy_layers(m=st.integers(2, 5), n=st.integers(3, 8)))
+    k = draw(st.integers(0, layer.in_features - 1))
+    return layer, Channels(count=k), draw(pst.capped_simplex_points(layer.in_features, k))
 
 
-@given(seed=st.integers(0, 2**32 - 1), cond=st.sampled_from(CONDITIONINGS), k=st.integers(1, 4))
-def test_relaxed_optimum_equals_binary_and_is_reached_at_size_k(seed, cond, k):
+@given(relaxation_instances())
+def test_claim_c04_holds(instance):
+    """Property: the claim's error (worst of its four parts) is within its tolerance on drawn instances."""
+    assert max(relaxation_errors_for(*instance).values()) <= CLAIM.tolerance
+
+
+@given(pst.toy_layers(m=3, n=6), st.integers(1, 4))
+def test_relaxed_optimum_equals_binary_and_is_reached_at_size_k(layer, k):
     """Property: the relaxed brute-force optimum equals the binary one, reached with |supp(s)| = k."""
-    layer = random_layer(np.random.default_rng(seed), 3, 6, conditioning=cond)
     spec = Channels(count=k)
     relaxed, inv = SPAPRelaxation().apply(MaskedReconstructionMIP(layer, spec))
     sol = solve(relaxed, backend="bruteforce")
@@ -46,11 +56,9 @@ def test_relaxed_optimum_equals_binary_and_is_reached_at_size_k(seed, cond, k):
     assert back.objective == pytest.approx(opt, rel=1e-9, abs=1e-12 * layer.dense_energy())
 
 
-@given(seed=st.integers(0, 2**32 - 1))
-def test_rounding_keeps_the_weights(seed):
+@given(pst.toy_layers(m=3, n=6))
+def test_rounding_keeps_the_weights(layer):
     """Property: without restoration, rounding returns the same W (zero on the k chosen groups)."""
-    rng = np.random.default_rng(seed)
-    layer = random_layer(rng, 3, 6)
     spec = Channels(count=2)
     _, inv = SPAPRelaxation().apply(MaskedReconstructionMIP(layer, spec))
     w = layer.weight.clone()
@@ -73,9 +81,9 @@ def test_infeasible_relaxed_point_is_rejected():
                                          extras={"s": s}), inv)
 
 
-@given(seed=st.integers(0, 2**32 - 1))
-def test_all_parts_of_the_check(seed):
+@given(relaxation_instances())
+def test_all_parts_of_the_check(instance):
     """Property: optimum gap, monotonicity, rounding and restoration errors are all at rounding level."""
-    errs = relaxation_errors(np.random.default_rng(seed))
+    errs = relaxation_errors_for(*instance)
     assert set(errs) == {"opt_gap", "monotone", "rounding", "restore_increase"}
     assert max(errs.values()) < 1e-10, errs

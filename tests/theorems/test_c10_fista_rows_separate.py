@@ -7,29 +7,27 @@ Citation: methods.md §5.1 and §11 (claim C10); FISTAPruner arXiv 2408.03728.
 Claim id: C10.
 """
 
-import numpy as np
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 import prunekit
+from prunekit.verification import strategies as pst
 from prunekit.verification.claims import get_claim
-from prunekit.verification.claims.c08_fista_lasso_convergence import draw_lasso
+from prunekit.verification.claims.c10_fista_rows_separate import check_instance
+
+CLAIM = get_claim("C10")
 
 
-@given(seed=st.integers(0, 2**32 - 1))
-def test_claim_c10_holds_on_random_instances(seed):
+@given(pst.lasso_problems(iterations=st.integers(20, 199), eps=st.sampled_from((0.0, 1e-8, 1e-4))))
+def test_claim_c10_holds_on_random_instances(f):
     """Property: per-row FISTA solutions stacked equal the joint FISTA solution (and objectives add up)."""
-    claim = get_claim("C10")
-    assert claim.check(np.random.default_rng(seed)) <= claim.tolerance
+    assert check_instance(f) <= CLAIM.tolerance
 
 
-@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 3))
-def test_row_batches_equal_joint_solve(seed, batch):
+@given(pst.lasso_problems(iterations=100), st.integers(1, 3))
+def test_row_batches_equal_joint_solve(f, batch):
     """Property: the row_batch option (rows processed in chunks) does not change the result."""
-    from dataclasses import replace
-
-    f = replace(draw_lasso(np.random.default_rng(seed)), K=100)
     joint = prunekit.solve(f, backend="torch", dtype="float64")
     batched = prunekit.solve(f, backend="torch", dtype="float64", row_batch=batch)
     assert torch.allclose(joint.weights, batched.weights, rtol=0, atol=1e-13 * float(joint.weights.abs().max() + 1))

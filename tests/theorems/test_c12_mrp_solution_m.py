@@ -8,33 +8,32 @@ Citation: methods.md §1 fact 3, §6.2 and §11 C12; Zhao et al. arXiv 2410.1556
 Claim id: C12.
 """
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunekit.formulations.mrp import MultipleRemoval
 from prunekit.formulations.restoration import FixedMaskRestoration
-from prunekit.formulations.sparsity import NM, Unstructured
 from prunekit.solvers import solve
+from prunekit.verification import strategies as pst
 from prunekit.verification.claims import get_claim
-from prunekit.verification.toy import random_layer
+from prunekit.verification.claims.c12_mrp_solution_m import check_instance
 
 CLAIM = get_claim("C12")
 
 
-@given(seed=st.integers(0, 2**32 - 1))
-def test_claim_c12_holds(seed):
+@given(pst.layers_and_specs(m=st.integers(2, 5), n=st.sampled_from((4, 8, 12)), kinds=("unstructured", "nm"), max_m=4,
+                            conditionings=("well", "correlated", "rank_deficient")))
+def test_claim_c12_holds(instance):
     """Property: Solution M is zero on P, equals the restricted solve, and its loss matches both closed forms."""
-    err = CLAIM.check(np.random.default_rng(seed))
+    err = check_instance(*instance)
     assert err <= CLAIM.tolerance, f"C12 error {err:.3g} > {CLAIM.tolerance}"
 
 
-@given(seed=st.integers(0, 2**32 - 1), nm=st.booleans())
-def test_solution_m_equals_damped_restoration(seed, nm):
+@given(pst.toy_layers(m=4, n=8, conditionings=("correlated",)), pst.sparsity_specs(8, kinds=("unstructured", "nm"), max_m=4))
+def test_solution_m_equals_damped_restoration(layer, spec):
     """Property: MRP Solution M equals FixedMaskRestoration on the same mask (H = 2(G + lambda I))."""
-    layer = random_layer(np.random.default_rng(seed), 4, 8, conditioning="correlated")
-    sol = solve(MultipleRemoval(layer, NM(2, 4) if nm else Unstructured(0.5)), backend="torch", dtype="float64")
+    sol = solve(MultipleRemoval(layer, spec), backend="torch", dtype="float64")
     rest = solve(FixedMaskRestoration(layer, sol.mask), backend="torch", dtype="float64")
     assert float((sol.weights - rest.weights).abs().max()) < 1e-10 * max(1.0, float(layer.weight.abs().max()))
     assert sol.residuals["stationarity"] < 1e-10
@@ -42,11 +41,10 @@ def test_solution_m_equals_damped_restoration(seed, nm):
 
 @pytest.mark.reference
 @settings(max_examples=5)
-@given(seed=st.integers(0, 2**32 - 1))
-def test_solution_m_matches_cvxpy_qp(seed):
+@given(pst.toy_layers(m=3, n=8, conditionings=("well",)), pst.sparsity_specs(8, kinds=("nm",), max_m=4))
+def test_solution_m_matches_cvxpy_qp(layer, spec):
     """Property: the equality-constrained CVXPY QP (second reference) returns Solution M's weights and mask."""
-    layer = random_layer(np.random.default_rng(seed), 3, 8, conditioning="well")
-    f = MultipleRemoval(layer, NM(2, 4))
+    f = MultipleRemoval(layer, spec)
     a, b = solve(f, backend="torch", dtype="float64"), solve(f, backend="cvxpy")
     assert bool((a.mask == b.mask).all())
     assert float((a.weights - b.weights).abs().max()) < 1e-6 * max(1.0, float(a.weights.abs().max()))

@@ -12,24 +12,35 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from prunekit.verification import strategies as pst
 from prunekit.verification.claims import get_claim
-from prunekit.verification.claims.c13_mrp_solution_s import estimate_gap, solution_m
+from prunekit.verification.claims.c13_mrp_solution_s import check_instance, estimate_gap_for, solution_m
 
 CLAIM = get_claim("C13")
+PD = ("well", "correlated", "ill")
 
 
-@given(seed=st.integers(0, 2**32 - 1))
-def test_claim_c13_holds(seed):
+def as_mask(n, idx):
+    mask = np.zeros(n, dtype=bool)
+    mask[idx] = True
+    return mask
+
+
+@given(pst.layers_and_specs(m=st.integers(2, 5), n=st.sampled_from((4, 8, 12)), kinds=("unstructured", "nm"), max_m=4,
+                            conditionings=PD),
+       pst.gaussian_arrays(8), pst.index_subsets(8, 2, 7), pst.pd_grams(8, conditioning=PD))
+def test_claim_c13_holds(instance, w, pruned, g):
     """Property: S is feasible, never beats M, and its estimate is exact when H^{-1}_PP is diagonal."""
-    err = CLAIM.check(np.random.default_rng(seed))
+    err = check_instance(*instance, w, as_mask(8, pruned), g.numpy())
     assert err <= CLAIM.tolerance, f"C13 error {err:.3g} > {CLAIM.tolerance}"
 
 
-@given(seed=st.integers(0, 2**32 - 1))
-def test_solution_s_loss_at_least_solution_m(seed):
+@given(st.integers(3, 9).flatmap(lambda n: st.tuples(pst.gaussian_arrays(n), pst.index_subsets(n, 2, 2),
+                                                     pst.pd_grams(n, conditioning=PD))))
+def test_solution_s_loss_at_least_solution_m(instance):
     """Property: for random SPD H^{-1} and random P, the true S loss >= the M loss = 1/2 w_P (Hinv_PP)^{-1} w_P^T."""
-    rng = np.random.default_rng(seed)
-    est, true_s, true_m = estimate_gap(rng, n=int(rng.integers(3, 10)), q=2, diagonal=False)
+    w, pruned, hinv = instance
+    est, true_s, true_m = estimate_gap_for(w, as_mask(w.size, pruned), hinv.numpy())
     assert true_s >= true_m * (1 - 1e-10)
 
 

@@ -13,30 +13,34 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from prunekit.verification import strategies as pst
 from prunekit.verification.claims import get_claim
 from prunekit.verification.claims.c13_mrp_solution_s import solution_m
-from prunekit.verification.claims.c14_sequential_obs import sequential_obs
+from prunekit.verification.claims.c14_sequential_obs import check_instance, sequential_obs
 
 CLAIM = get_claim("C14")
 
 
-@given(seed=st.integers(0, 2**32 - 1))
-def test_claim_c14_holds(seed):
-    """Property: sorted, reversed and random removal orders all reproduce the solver's Solution M."""
-    err = CLAIM.check(np.random.default_rng(seed))
+@st.composite
+def obs_instances(draw):
+    """(layer, unstructured or N:M spec, a removal order: a permutation of range(n))."""
+    layer, spec = draw(pst.layers_and_specs(m=st.integers(2, 5), n=st.sampled_from((4, 8, 12)),
+                                            kinds=("unstructured", "nm"), max_m=4, conditionings=("well", "correlated")))
+    return layer, spec, draw(st.permutations(range(layer.in_features)))
+
+
+@given(obs_instances())
+def test_claim_c14_holds(instance):
+    """Property: sorted, reversed and drawn removal orders all reproduce the solver's Solution M."""
+    err = check_instance(*instance)
     assert err <= CLAIM.tolerance, f"C14 error {err:.3g} > {CLAIM.tolerance}"
 
 
-@given(seed=st.integers(0, 2**32 - 1))
-def test_every_order_of_three_removals_agrees(seed):
+@given(pst.pd_grams(6, conditioning=("well", "correlated")), pst.gaussian_arrays(6), pst.index_subsets(6, 3, 3))
+def test_every_order_of_three_removals_agrees(hinv, w, p):
     """Property: all 3! orders of removing 3 weights give the same weights, equal to the closed-form Solution M."""
-    rng = np.random.default_rng(seed)
-    n = 6
-    a = rng.standard_normal((n, n))
-    hinv = a @ a.T + 0.3 * np.eye(n)
-    w = rng.standard_normal(n)
-    p = np.sort(rng.choice(n, 3, replace=False))
-    mask = np.zeros(n, dtype=bool)
+    hinv = hinv.numpy()
+    mask = np.zeros(6, dtype=bool)
     mask[p] = True
     ref = solution_m(w, mask, hinv)
     for order in itertools.permutations(p):

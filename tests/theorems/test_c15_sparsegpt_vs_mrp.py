@@ -12,16 +12,29 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from prunekit.verification import strategies as pst
 from prunekit.verification.claims import get_claim
-from prunekit.verification.claims.c15_sparsegpt_vs_mrp import blocked_vs_sparsegpt
+from prunekit.verification.claims.c15_sparsegpt_vs_mrp import blocked_vs_sparsegpt, check_instance
 
 CLAIM = get_claim("C15")
 
 
-@given(seed=st.integers(0, 2**32 - 1))
-def test_claim_c15_holds(seed):
-    """Property: SparseGPT >= Solution M on random masks and equality for prefix masks."""
-    err = CLAIM.check(np.random.default_rng(seed))
+@st.composite
+def sparsegpt_instances(draw):
+    """(layer, arbitrary prune-mask, per-row prefix counts, unstructured or N:M spec for the packaged solver)."""
+    layer = draw(pst.toy_layers(m=st.integers(2, 5), n=st.sampled_from((4, 8, 12)),
+                                conditionings=("well", "correlated", "ill")))
+    (m, n) = layer.shape
+    mask_spec = draw(pst.sparsity_specs(n, kinds=("unstructured",)))
+    prune = ~draw(pst.keep_masks(mask_spec, (m, n))).numpy()
+    prefix = draw(st.lists(st.integers(0, n), min_size=m, max_size=m))
+    return layer, prune, prefix, draw(pst.sparsity_specs(n, kinds=("unstructured", "nm"), max_m=4))
+
+
+@given(sparsegpt_instances())
+def test_claim_c15_holds(instance):
+    """Property: SparseGPT >= Solution M on drawn masks and equality for prefix masks."""
+    err = check_instance(*instance)
     assert err <= CLAIM.tolerance, f"C15 error {err:.3g} > {CLAIM.tolerance}"
 
 

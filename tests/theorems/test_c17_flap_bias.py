@@ -7,7 +7,6 @@ Assumptions: population covariance (1/N); mu is the token mean of the calibratio
 Citation: FLAP (An et al., AAAI 2024; CASIA-IVA-Lab/FLAP ``lib/prune.py``).  Claim id: C17.
 """
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -16,28 +15,37 @@ from hypothesis import strategies as st
 from prunekit import solve
 from prunekit.formulations.flap import FLAPRemoval
 from prunekit.formulations.sparsity import Channels
-from prunekit.verification.claims import assert_claim
-from prunekit.verification.claims.c17_flap_bias import flap_errors
-from prunekit.verification.toy import random_layer
+from prunekit.verification import strategies as pst
+from prunekit.verification.claims import get_claim
+from prunekit.verification.claims.c17_flap_bias import flap_errors_for
+
+CLAIM = get_claim("C17")
 
 
-@given(seed=st.integers(0, 2**32 - 1))
-def test_claim_c17_holds(seed):
-    """Property: the claim's check passes on hypothesis-drawn seeds."""
-    assert assert_claim("C17", np.random.default_rng(seed)) <= 1e-9
+@st.composite
+def flap_instances(draw):
+    """(biased layer with shifted inputs of every conditioning, its inputs, a proper pruned channel set)."""
+    cal = draw(pst.calibrated_layers(m=st.integers(2, 6), n=st.integers(3, 9), with_bias=True, mean_shift=2.0))
+    n = cal.layer.in_features
+    return cal.layer, cal.inputs, draw(pst.index_subsets(n, 1, n - 1))
 
 
-@given(seed=st.integers(0, 2**32 - 1))
-def test_all_identities(seed):
+@given(flap_instances())
+def test_claim_c17_holds(instance):
+    """Property: the claim's error (worst identity) is within its tolerance on drawn instances."""
+    assert max(flap_errors_for(*instance).values()) <= CLAIM.tolerance
+
+
+@given(flap_instances())
+def test_all_identities(instance):
     """Property: intercept, covariance residual, moment-form objective, single-channel WIFV and solver bias agree."""
-    errs = flap_errors(np.random.default_rng(seed))
+    errs = flap_errors_for(*instance)
     assert max(errs.values()) < 1e-9, errs
 
 
-@given(seed=st.integers(0, 2**32 - 1), delta=st.floats(-1.0, 1.0).filter(lambda v: abs(v) > 1e-3))
-def test_perturbing_the_bias_increases_the_error(seed, delta):
+@given(pst.toy_layers(m=3, n=6, with_bias=True, mean_shift=1.0), st.floats(-1.0, 1.0).filter(lambda v: abs(v) > 1e-3))
+def test_perturbing_the_bias_increases_the_error(layer, delta):
     """Property: any other bias has a strictly larger bias-aware reconstruction error."""
-    layer = random_layer(np.random.default_rng(seed), 3, 6, with_bias=True, mean_shift=1.0)
     sol = solve(FLAPRemoval(layer, Channels(count=2)), backend="torch", dtype="float64")
     base = layer.reconstruction_error(sol.weights, sol.bias)
     bumped = sol.bias + delta * torch.ones_like(sol.bias)

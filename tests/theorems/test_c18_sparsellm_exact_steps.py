@@ -17,13 +17,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prunekit.solvers.torch.sparsellm import p_step, relu_z_objective, z_step_relu, z_step_swiglu
-from prunekit.verification.claims import assert_claim
+from prunekit.verification import strategies as pst
+from prunekit.verification.claims import get_claim
+from prunekit.verification.claims.c18_sparsellm_exact_steps import check_instance
+
+CLAIM = get_claim("C18")
+PENALTIES = st.floats(-2.0, 1.0).map(lambda e: 10.0**e)
 
 
-@given(seed=st.integers(0, 2**32 - 1))
-def test_claim_c18_holds(seed):
-    """Property: on random instances the three steps reach the block minimum within 1e-8 (relative)."""
-    assert_claim("C18", np.random.default_rng(seed))
+@st.composite
+def sparsellm_blocks(draw):
+    """((W2, b2, Y, act >= 0) of drawn sizes, (p, m, s) vectors of 64 entries with drawn ties)."""
+    n_tok, d, h = draw(st.integers(3, 11)), draw(st.integers(2, 5)), draw(st.integers(2, 7))
+    p_block = (draw(pst.gaussian_arrays((d, h))), draw(pst.gaussian_arrays(d)), draw(pst.gaussian_arrays((n_tok, d))),
+               np.maximum(draw(pst.gaussian_arrays((n_tok, h), ties=None)), 0.0))
+    z_block = tuple(draw(pst.gaussian_arrays(64, scale=2.0, ties=None)) for _ in range(3))
+    return p_block, z_block
+
+
+@given(sparsellm_blocks(), PENALTIES, PENALTIES, PENALTIES)
+def test_claim_c18_holds(blocks, alpha, beta, gamma):
+    """Property: on drawn instances the three steps reach the block minimum within 1e-8 (relative)."""
+    assert check_instance(*blocks, alpha, beta, gamma) <= CLAIM.tolerance
 
 
 @given(p=st.floats(-5, 5), m=st.floats(-5, 5), alpha=st.floats(0.01, 10), gamma=st.floats(0.01, 10))

@@ -67,6 +67,7 @@ def test_non_finite_gram_and_calibration_inputs():
     acc = GramAccumulator(4)
     with pytest.raises(NonFiniteError) as info:
         acc.update(torch.tensor([[1.0, float("inf"), 0.0, 0.0]]))
+        acc.check_finite()
     _assert_clear(info, "inputs")
 
 

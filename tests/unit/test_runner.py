@@ -106,7 +106,7 @@ def test_dense_and_propagated_modes_differ_only_after_block_0(tokens):
     model = tiny("llama")
     rows = {}
     for mode in ("propagated", "dense"):
-        p = prunekit.plan(model, recipe(method="magnitude", structure="unstructured", sparsity=0.5, mode=mode),
+        p = prunekit.plan(model, recipe(method="wanda", structure="unstructured", sparsity=0.5, mode=mode),
                           tokens, progress=False)
         rows[mode] = [r.objective for r in p.records]
     half = len(rows["dense"]) // 2

@@ -5,7 +5,8 @@ when ``rho_growth > 1`` changes rho).  The Z-step is the structured projection o
 formulation's ``projection_score``; the final weights are the closed-form restoration on the support of Z
 (:func:`~.masked_lstsq.restore_layer`, the damping of ``LayerData.damped_gram``).
 The iteration stops early when the mask has not changed and both residuals are below
-``options.tol * ||W0||_F``.
+``options.tol * ||W0||_F`` (a certified loop: ``max_iter = iterations``, ``tol = options.tol``; status "solved"
+when it stopped so -- a fixed point of the splitting, not an optimality proof for the MIP -- else "max_iter").
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from ...formulations.admm import ADMMSplit
 from ...formulations.sparsity import SparsitySpec
-from ..base import Solver
+from ..iterative import IterationLoop, IterativeSolver
 from ..registry import register_solver
 from ..solution import Solution
 from ._linalg import damped_cholesky
@@ -48,8 +49,11 @@ def w_step(w0: torch.Tensor, gram: torch.Tensor, v: torch.Tensor, rho: float) ->
     return torch.cholesky_solve((2.0 * (w0 @ gram) + rho * v).T, factor).T
 
 
+ADMM_CERTIFICATE = "max(||W - Z||_F, rho ||Z - Z_prev||_F) / ||W0||_F <= tol with the mask unchanged"
+
+
 @register_solver(ADMMSplit, backend="torch")
-class TorchADMM(Solver):
+class TorchADMM(IterativeSolver):
     """Scaled ADMM with closed-form W-step, structured projection Z-step, final restoration."""
 
     def run(self, formulation: ADMMSplit, options) -> Solution:
@@ -68,8 +72,8 @@ class TorchADMM(Solver):
         scale = float(torch.linalg.norm(w0)) or 1.0
         factor, used = damped_cholesky(2.0 * gd, rho, max_tries=options.max_damping_tries)
         primal = dual = float("nan")
-        it = 0
-        for it in range(1, formulation.iterations + 1):
+        loop = IterationLoop(formulation.iterations, options.tol, ADMM_CERTIFICATE)
+        for it in loop:
             rhs = b2 + rho * (z - u)
             w = torch.cholesky_solve(rhs.T, factor).T
             v = w + u
@@ -80,7 +84,8 @@ class TorchADMM(Solver):
             dual = rho * float(torch.linalg.norm(z_new - z))
             changed = int((new_mask != mask).sum())
             z, mask = z_new, new_mask
-            if changed == 0 and primal <= options.tol * scale and dual <= options.tol * scale:
+            if loop.check(max(primal, dual) / scale, done=changed == 0 and primal <= options.tol * scale
+                          and dual <= options.tol * scale):
                 break
             if formulation.rho_growth != 1.0 and it < formulation.iterations:
                 rho_new = rho * formulation.rho_growth
@@ -92,12 +97,12 @@ class TorchADMM(Solver):
         weights, info = restore_layer(layer, mask, dtype, device, row_batch=options.row_batch,
                                       max_tries=options.max_damping_tries)
         kept = mask.all(dim=0).nonzero().squeeze(1) if spec.structured else None
-        return Solution(
+        return self.solution(
+            loop.stats(),
             weights=weights.to(dtype=layer.weight.dtype, device=layer.weight.device),
             mask=mask.to(layer.weight.device),
-            status="heuristic",
             kept_columns=kept.to(layer.weight.device) if kept is not None else None,
-            stats={"iterations": it, "primal_residual": primal, "dual_residual": dual,
+            stats={"primal_residual": primal, "dual_residual": dual,
                    "rho_final": rho, "damping_used": info.damping_used, **info.as_stats()},
             extras={"admm_z": z.to(dtype=layer.weight.dtype, device=layer.weight.device)},
         )

@@ -5,9 +5,13 @@
     W_k = prox_{lam/L}(V_k - (V_k G* - C)/L);  t_{k+1} = (1 + sqrt(1 + 4 t_k^2))/2;
     V_{k+1} = W_k + (t_k - 1)/t_{k+1} (W_k - W_{k-1})
 
-A row stops once ``||w_k - w_{k-1}|| <= eps ||w_{k-1}||`` with ``w_{k-1} != 0`` (the paper's Eq. 6 applied per row
-[derived], so rows stay independent: per-row solves equal the joint solve, C10; a row sitting at exactly 0 keeps
-iterating, since FISTA's momentum can leave 0 again).  The outer loop starts from the projected warm start as
+In the projected (FISTAPruner) mode a row stops once ``||w_k - w_{k-1}|| <= eps ||w_{k-1}||`` with
+``w_{k-1} != 0`` (the paper's Eq. 6 applied per row [derived], so rows stay independent: per-row solves equal the
+joint solve, C10; a row sitting at exactly 0 keeps iterating, since FISTA's momentum can leave 0 again).  In the
+pure-lasso mode a row stops once its certified output distance ``sqrt(2 gap_i) / ||w0_i X||`` is at most ``eps``
+(``gap_i >= F_i(w_i) - F_i^*`` from :func:`~prunekit.formulations.l1.lasso_duality_gap`, in float64 on the
+weights as returned, bounds ``||(w_i - w*_i) X*||^2 / 2``), and the solution is ``"solved"`` only when every row
+is certified -- a step-size rule certifies nothing about the distance to the optimum.  The outer loop starts from the projected warm start as
 the incumbent ``W_best`` [derived], so the result is never worse than the projected warm start.  ``TorchFISTA`` wraps it in FISTAPruner's
 outer loop (T rounds from the best projected iterate, hard projection, adaptive λ with a bisection bracket
 that doubles while unbounded, ``E_round/E_total`` against ``xi`` [derived definitions]), started at
@@ -18,12 +22,12 @@ is re-solved exactly (:func:`refit_support`, [derived]).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-from ...formulations.l1 import L1Relaxation
-from ..base import Solver
+from ...formulations.l1 import L1Relaxation, lasso_duality_gap
+from ..iterative import IterationStats, IterativeSolver
 from ..options import SolverOptions
 from ..registry import register_solver
 from ..solution import Solution
@@ -34,9 +38,12 @@ from .prox import project, prox_l1
 
 
 def fista(gram_star: torch.Tensor, cross: torch.Tensor, lam: float, lipschitz: float, w_init: torch.Tensor,
-          iterations: int, eps: float = 0.0, *, const: Optional[float] = None) -> tuple[torch.Tensor, int, list[float]]:
+          iterations: int, eps: float = 0.0, *, const: Optional[float] = None,
+          row_certified: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> tuple[torch.Tensor, int, list[float]]:
     """Run FISTA on ``1/2 tr(W G* W^T) - tr(W C^T) + const + lam ||W||_1`` from ``w_init`` (not modified).
 
+    A row stops by the step rule ``||w_k - w_{k-1}|| <= eps ||w_{k-1}||`` (``eps > 0``), or -- when
+    ``row_certified`` is given -- once ``row_certified(W_k)`` (a bool per row) holds, which replaces the step rule.
     Returns ``(W, iterations_run, trace)``; ``trace[k-1] = F(W_k)`` when ``const`` is given (else empty).
     """
     if lam < 0:
@@ -57,7 +64,9 @@ def fista(gram_star: torch.Tensor, cross: torch.Tensor, lam: float, lipschitz: f
         if frozen.any():
             w_new[frozen] = w_prev[frozen]
             v_new[frozen] = v[frozen]
-        if eps > 0:
+        if row_certified is not None:
+            active = active & ~row_certified(w_new)
+        elif eps > 0:
             diff = torch.linalg.vector_norm(w_new - w_prev, dim=1)
             base = torch.linalg.vector_norm(w_prev, dim=1)
             active = active & ~((diff <= eps * base) & (base > 0))  # a row at exactly 0 keeps going
@@ -117,9 +126,28 @@ def next_lambda(lam: float, lo: float, hi: float, too_dense: bool, fallback: flo
     return lam, lo, hi
 
 
+LASSO_CERTIFICATE = ("max_i sqrt(2 gap_i) / ||w0_i X|| <= tol: the certified output distance "
+                     "||(w_i - w*_i) X*|| / ||w0_i X|| per row (lasso duality gap, float64, on the returned weights)")
+
+
+def row_output_distance(weights: torch.Tensor, gram_star: torch.Tensor, cross: torch.Tensor, row_const: torch.Tensor,
+                        lam: float) -> torch.Tensor:
+    """``sqrt(gap_i / k_i)`` = ``sqrt(2 gap_i) / ||w0_i X||`` in float64, a bound on ``||(w_i - w*_i) X*|| / ||w0_i X||``
+    (0 for a row with ``k_i = 0`` and no gap, inf with a gap).  The statistics are float64 on the device of
+    ``weights``; ``row_const`` is ``k_i = 1/2 ||w0_i X||^2``."""
+    gap, _ = lasso_duality_gap(weights.to(torch.float64), gram_star, cross, row_const, lam)
+    ratio = torch.where(row_const > 0, gap / row_const.clamp_min(torch.finfo(torch.float64).tiny),
+                        torch.where(gap > 0, torch.full_like(gap, math.inf), torch.zeros_like(gap)))
+    return ratio.sqrt()
+
+
 @register_solver(L1Relaxation, backend="torch")
-class TorchFISTA(Solver):
-    """FISTAPruner: batched-row FISTA + hard projection + adaptive λ; or the pure lasso (project=False)."""
+class TorchFISTA(IterativeSolver):
+    """FISTAPruner: batched-row FISTA + hard projection + adaptive λ; or the pure lasso (project=False).
+
+    Pure lasso: a certified loop (``max_iter = K``, ``tol = eps``, certificate :data:`LASSO_CERTIFICATE`).
+    FISTAPruner: a scheduled loop (T rounds of at most K steps; status "heuristic").
+    """
 
     options_type = SolverOptions
 
@@ -137,11 +165,23 @@ class TorchFISTA(Solver):
         rows = w0.shape[0]
         step = options.row_batch or rows
 
+        out_dtype = layer.weight.dtype
+        if not f.project:  # the certificate's statistics, float64 on the compute device
+            gs64, c64 = f.gram_star(torch.float64, device), f.cross(torch.float64, device)
+            k64 = f.row_constants(torch.float64, device)
+
+        def certifier(lam, r0):
+            if f.project or f.eps <= 0:
+                return None
+            rows_ = slice(r0, r0 + step)
+            return lambda w: row_output_distance(w.to(out_dtype), gs64, c64[rows_], k64[rows_], lam) <= f.eps
+
         def run_fista(start, lam, trace):
             outs, its, tr = [], 0, None
             for r0 in range(0, rows, step):
                 out, it, t_ = fista(gs, c[r0:r0 + step], lam, lip, start[r0:r0 + step], f.K, f.eps,
-                                    const=const if trace and step >= rows else None)
+                                    const=const if trace and step >= rows else None,
+                                    row_certified=certifier(lam, r0))
                 outs.append(out)
                 its = max(its, it)
                 tr = t_
@@ -151,11 +191,14 @@ class TorchFISTA(Solver):
         if not f.project:
             lam = f.initial_lambda()
             w, its, trace = run_fista(warm, lam, True)
-            return Solution(
+            rel = row_output_distance(w.to(out_dtype), gs64, c64, k64, lam)
+            worst = float(rel.max()) if rel.numel() else 0.0
+            loop = IterationStats.certified(its, f.K, f.eps, bool((rel <= f.eps).all()), worst, LASSO_CERTIFICATE)
+            return self.solution(
+                loop,
                 weights=w.to(device=weight.device, dtype=weight.dtype),
                 mask=(w != 0).to(weight.device),
-                status="solved" if its < f.K else "max_iter",
-                stats={"iterations": its, "lipschitz": lip},
+                stats={"lipschitz": lip},
                 extras={"lambda": lam, "objective_trace": trace or [], "warm_start": warm_name, "iterations": its},
             )
         spec = f.sparsity
@@ -190,11 +233,12 @@ class TorchFISTA(Solver):
             refit = {"e_total": e_fit, "accepted": bool(e_fit < e_best), "damping_used": used}
             if refit["accepted"]:
                 w_best, e_best = w_fit, e_fit
-        return Solution(
+        return self.solution(
+            IterationStats.schedule(sum(its_trace), max_iter=f.T * f.K),
             weights=w_best.to(device=weight.device, dtype=weight.dtype),
             mask=mask_best.to(weight.device),
-            status="heuristic",
-            stats={"rounds": f.T, "iterations": its_trace, "lipschitz": lip},
+            stats={"rounds": f.T, "lipschitz": lip},
             extras={"lambda_trace": lam_trace, "e_round": e_round_trace, "e_total": e_total_trace,
-                    "e_best": e_best, "best_round": best_round, "warm_start": warm_name, "refit": refit},
+                    "e_best": e_best, "best_round": best_round, "warm_start": warm_name, "refit": refit,
+                    "iterations_per_round": its_trace},
         )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ...formulations.penalty import PenaltyRelaxation
-from ..base import Solver
+from ..iterative import IterationLoop, IterativeSolver
 from ..options import SolverOptions
 from ..registry import register_solver
 from ..solution import Solution
@@ -74,9 +74,15 @@ def penalized_value(w: torch.Tensor, w0: torch.Tensor, gram: torch.Tensor, omega
     return float(0.5 * torch.sum((d @ gram) * d) + 0.5 * rho * torch.sum(cost[pruned]))
 
 
+SPAP_CERTIFICATE = "||W diag(s)||_F / ||W||_F < tol with the selected set unchanged for stable_rounds rounds"
+
+
 @register_solver(PenaltyRelaxation, backend="torch")
-class TorchPenalty(Solver):
-    """SPAP alternating minimization with rho continuation, on any torch device."""
+class TorchPenalty(IterativeSolver):
+    """SPAP alternating minimization with rho continuation, on any torch device.
+
+    A certified loop: ``max_iter = max_rounds``, ``tol = eps``, certificate :data:`SPAP_CERTIFICATE`.
+    """
 
     options_type = SolverOptions
 
@@ -91,10 +97,11 @@ class TorchPenalty(Solver):
         w0_gram = w0 @ gram
         rho = f.initial_rho()
         w = w0.clone()
-        prev, stable, converged, damping_used = None, 0, False, layer.damping_value()
+        prev, stable, damping_used = None, 0, layer.damping_value()
         rho_trace, obj_trace, s_trace, ratio_trace = [], [], [], []
-        rounds, set_changes = 0, 0
-        for rounds in range(1, f.max_rounds + 1):
+        set_changes = 0
+        loop = IterationLoop(f.max_rounds, f.eps, SPAP_CERTIFICATE)
+        for _ in loop:
             pruned = s_step(omega * (w * w).sum(dim=0), f.sparsity, n)
             s_trace.append(penalized_value(w, w0, gram, omega, pruned, rho))
             w, used = w_step(w0_gram, gram, rho, pruned.to(dtype) * omega,
@@ -113,10 +120,11 @@ class TorchPenalty(Solver):
             set_changes += int(prev is not None and not same)
             stable = stable + 1 if same else 1
             prev = pruned
-            if stable >= f.stable_rounds and ratio < f.eps:
-                converged = True
+            if loop.check(ratio, done=stable >= f.stable_rounds and ratio < f.eps):
                 break
             rho *= f.kappa
+        it = loop.stats()
+        rounds, converged = it.iterations, it.converged
         keep = ~prev
         if f.final_restore:
             w_hat, used = final_restoration(layer, w0, gram, keep, options.max_damping_tries)
@@ -125,13 +133,12 @@ class TorchPenalty(Solver):
             w_hat = w * keep.to(dtype).unsqueeze(0)
         weight = layer.weight
         mask = keep.to(weight.device).unsqueeze(0).expand(layer.out_features, n).clone()
-        return Solution(
+        return self.solution(
+            it,
             weights=w_hat.to(device=weight.device, dtype=weight.dtype),
             mask=mask,
-            status="solved" if converged else "max_iter",
             kept_columns=torch.nonzero(keep, as_tuple=False).flatten().to(weight.device),
-            stats={"rounds": rounds, "converged": converged, "damping_used": damping_used,
-                   "final_rho": rho_trace[-1]},
+            stats={"rounds": rounds, "damping_used": damping_used, "final_rho": rho_trace[-1]},
             extras={"pruned": prev.to(torch.float64).cpu(), "rho_trace": rho_trace, "objective_trace": obj_trace,
                     "s_step_trace": s_trace, "ratio_trace": ratio_trace, "rounds": rounds, "set_changes": set_changes,
                     "converged": converged, "penalty_weight": f.penalty_weight},

@@ -30,7 +30,7 @@ def _finish(layer, keep: torch.Tensor, status: str = "heuristic", **extras) -> S
 def wanda_scores(layer, dtype: torch.dtype, device) -> torch.Tensor:
     """``|W_ij| sqrt(G_jj)`` in ``dtype`` on ``device``."""
     w = layer.weight.detach().to(device=device, dtype=dtype)
-    norms = layer.gram.detach().to(device=device, dtype=dtype).diagonal().clamp_min(0).sqrt()
+    norms = layer.gram_diagonal().to(device=device, dtype=dtype).clamp_min(0).sqrt()
     return w.abs() * norms.unsqueeze(0)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from ...formulations.sparsellm import SparseLLMSplit
 from ...formulations.sparsity import SparsitySpec
-from ..base import Solver
+from ..iterative import IterationStats, IterativeSolver
 from ..registry import register_solver
 from ..solution import Solution
 from ._sparsellm_steps import (  # noqa: F401  (public re-exports)
@@ -132,8 +132,11 @@ def sparsellm_loop(f: SparseLLMSplit, inner: InnerPruner, *, dtype=torch.float64
 
 
 @register_solver(SparseLLMSplit, backend="torch")
-class TorchSparseLLM(Solver):
-    """The SparseLLM alternating loop (exact steps from the code; structured option [derived])."""
+class TorchSparseLLM(IterativeSolver):
+    """The SparseLLM alternating loop (exact steps from the code; structured option [derived]).
+
+    A scheduled loop: the formulation's ``epochs`` (SparseLLM has no convergence test; status "heuristic").
+    """
 
     def run(self, formulation: SparseLLMSplit, options) -> Solution:
         device = options.resolve_device(formulation.layer.weight)
@@ -144,9 +147,10 @@ class TorchSparseLLM(Solver):
         masks = {k: v.to(dev) for k, v in out["masks"].items()}
         first = "fc2" if formulation.family == "opt" else "down"
         keep = out["keep"]
-        return Solution(
-            weights=weights[first], mask=masks[first], status="heuristic",
+        return self.solution(
+            IterationStats.schedule(formulation.epochs),
+            weights=weights[first], mask=masks[first],
             kept_columns=keep.nonzero().squeeze(1).to(dev) if keep is not None else None,
-            stats={"iterations": formulation.epochs, **out["stats"]},
+            stats=out["stats"],
             extras={"weights": weights, "masks": masks},
         )

@@ -7,6 +7,8 @@ single-head attention output as zeroing columns P of W_O.  Tiny float64 torch mo
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 from torch import nn
@@ -14,13 +16,19 @@ from torch import nn
 from . import register_claim
 
 
-def _linear(rng, out_f: int, in_f: int, bias: bool) -> nn.Linear:
-    lin = nn.Linear(in_f, out_f, bias=bias, dtype=torch.float64)
+def linear_from_arrays(weight: np.ndarray, bias: Optional[np.ndarray] = None) -> nn.Linear:
+    """A float64 ``nn.Linear`` with the given weight (out, in) and optional bias (out,)."""
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=torch.float64)
     with torch.no_grad():
-        lin.weight.copy_(torch.from_numpy(rng.standard_normal((out_f, in_f))))
-        if bias:
-            lin.bias.copy_(torch.from_numpy(rng.standard_normal(out_f)))
+        lin.weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float64)))
+        if bias is not None:
+            lin.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float64)))
     return lin
+
+
+def _linear(rng, out_f: int, in_f: int, bias: bool) -> nn.Linear:
+    w = rng.standard_normal((out_f, in_f))
+    return linear_from_arrays(w, rng.standard_normal(out_f) if bias else None)
 
 
 def _sliced(lin: nn.Linear, rows=None, cols=None) -> nn.Linear:
@@ -67,29 +75,52 @@ def _split(rng, f: int):
     return torch.from_numpy(pruned), torch.from_numpy(kept)
 
 
+def _rel(new: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((new - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
+
+
+def _kept(pruned, size: int) -> torch.Tensor:
+    return torch.from_numpy(np.setdiff1d(np.arange(size), np.asarray(pruned, dtype=np.int64)))
+
+
+def pair_removal_errors_for(x: torch.Tensor, glu, opt, attention, pruned_mlp, pruned_heads) -> dict[str, float]:
+    """Max |removed - zeroed| / max|zeroed| for the given modules (call under ``torch.no_grad()``).
+
+    Parameters
+    ----------
+    x : Tensor, shape (T, d)
+        Input tokens.
+    glu : (gate, up, down) Linear modules of a LLaMA MLP with f channels.
+    opt : (fc1, fc2) Linear modules (with biases) of an OPT MLP with f channels.
+    attention : (q, k, v, o) Linear modules of a single head of width dh.
+    pruned_mlp, pruned_heads : int index arrays
+        The removed MLP channels (of f) and head dimensions (of dh).
+    """
+    gate, up, down = glu
+    fc1, fc2 = opt
+    q, k, v, o = attention
+    pm, ph = torch.as_tensor(np.asarray(pruned_mlp, dtype=np.int64)), torch.as_tensor(np.asarray(pruned_heads, dtype=np.int64))
+    km, kh = _kept(pm, down.in_features), _kept(ph, o.in_features)
+    out = {"glu_mlp": _rel(glu_mlp(_sliced(gate, rows=km), _sliced(up, rows=km), _sliced(down, cols=km), x),
+                           glu_mlp(gate, up, _zero_cols(down, pm), x)),
+           "opt_mlp": _rel(opt_mlp(_sliced(fc1, rows=km), _sliced(fc2, cols=km), x), opt_mlp(fc1, _zero_cols(fc2, pm), x)),
+           "attention": _rel(causal_attention(q, k, _sliced(v, rows=kh), _sliced(o, cols=kh), x),
+                             causal_attention(q, k, v, _zero_cols(o, ph), x))}
+    return out
+
+
 def pair_removal_errors(rng: np.random.Generator) -> dict[str, float]:
-    """Max |removed - zeroed| / max|zeroed| for the GLU MLP, the OPT MLP and attention."""
+    """:func:`pair_removal_errors_for` on random modules and pruned sets drawn from ``rng``."""
     d, f, t = int(rng.integers(3, 7)), int(rng.integers(3, 9)), int(rng.integers(2, 7))
     x = torch.from_numpy(rng.standard_normal((t, d)))
-    out = {}
-    pruned, kept = _split(rng, f)
-    gate, up, down = _linear(rng, f, d, False), _linear(rng, f, d, False), _linear(rng, d, f, False)
-    ref = glu_mlp(gate, up, _zero_cols(down, pruned), x)
-    new = glu_mlp(_sliced(gate, rows=kept), _sliced(up, rows=kept), _sliced(down, cols=kept), x)
-    out["glu_mlp"] = float((new - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
-    fc1, fc2 = _linear(rng, f, d, True), _linear(rng, d, f, True)
-    ref = opt_mlp(fc1, _zero_cols(fc2, pruned), x)
-    new = opt_mlp(_sliced(fc1, rows=kept), _sliced(fc2, cols=kept), x)
-    out["opt_mlp"] = float((new - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
+    pruned_mlp, _ = _split(rng, f)
+    glu = (_linear(rng, f, d, False), _linear(rng, f, d, False), _linear(rng, d, f, False))
+    opt = (_linear(rng, f, d, True), _linear(rng, d, f, True))
     dh = int(rng.integers(2, 6))
-    pruned, kept = _split(rng, dh)
+    pruned_heads, _ = _split(rng, dh)
     bias = bool(rng.integers(0, 2))
-    q, k, v, o = (_linear(rng, dh, d, bias), _linear(rng, dh, d, bias), _linear(rng, dh, d, bias),
-                  _linear(rng, d, dh, bias))
-    ref = causal_attention(q, k, v, _zero_cols(o, pruned), x)
-    new = causal_attention(q, k, _sliced(v, rows=kept), _sliced(o, cols=kept), x)
-    out["attention"] = float((new - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
-    return out
+    attention = (_linear(rng, dh, d, bias), _linear(rng, dh, d, bias), _linear(rng, dh, d, bias), _linear(rng, d, dh, bias))
+    return pair_removal_errors_for(x, glu, opt, attention, pruned_mlp, pruned_heads)
 
 
 @register_claim(

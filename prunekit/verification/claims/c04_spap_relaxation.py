@@ -15,10 +15,15 @@ from ...errors import VerificationError
 from . import register_claim
 
 
-def random_relaxed_point(rng, layer, spec):
-    """A relaxed feasible (W, s): random support T (|T| >= k), fractional s on T, W restored off T."""
+def relaxed_point_from(layer, s: torch.Tensor):
+    """The relaxed feasible (W, s) for a selection ``s``: W zero on supp(s), exactly restored off it."""
     from ...formulations.reductions_spap import exact_restore
 
+    return exact_restore(layer, s <= 0), s
+
+
+def random_relaxed_point(rng, layer, spec):
+    """A relaxed feasible (W, s): random support T (|T| >= k), fractional s on T, W restored off T."""
     n = layer.in_features
     k = spec.groups_pruned(n)
     size = int(rng.integers(k, n + 1))
@@ -31,23 +36,27 @@ def random_relaxed_point(rng, layer, spec):
         room = min(base.min(), 1 - base.max())
         eps = 0.9 * room / max(np.abs(v).max(), 1e-12) if room > 0 else 0.0
         s[support] = base + eps * v
-    keep = torch.ones(n, dtype=torch.bool)
-    keep[torch.from_numpy(support)] = False
-    return exact_restore(layer, keep), torch.from_numpy(s)
+    return relaxed_point_from(layer, torch.from_numpy(s))
 
 
-def relaxation_errors(rng: np.random.Generator) -> dict[str, float]:
+def relaxation_errors_for(layer, spec, s: torch.Tensor) -> dict[str, float]:
+    """C4's four errors (optimum gap, monotonicity in the support size, rounding, restoration increase).
+
+    Parameters
+    ----------
+    layer : LayerData
+    spec : Channels
+        ``Channels(count=k)`` (group size 1).
+    s : Tensor, shape (n,)
+        A relaxed selection: ``s in [0, 1]^n``, ``1^T s = k``, positive exactly on its support.
+    """
     from ...formulations.mip import MaskedReconstructionMIP
     from ...formulations.reductions_spap import SPAPRelaxation
-    from ...formulations.sparsity import Channels
     from ...solvers import solve
     from ...solvers.reference.bruteforce import best_channel_set
     from ...solvers.solution import Solution
-    from ..toy import CONDITIONINGS, random_layer
 
-    n = int(rng.integers(3, 9))
-    layer = random_layer(rng, int(rng.integers(2, 6)), n, conditioning=CONDITIONINGS[int(rng.integers(0, 4))])
-    spec = Channels(count=int(rng.integers(0, n)))
+    n = layer.in_features
     scale = max(layer.dense_energy(), 1e-300)
     mip = MaskedReconstructionMIP(layer, spec)
     reduction = SPAPRelaxation(restore=False)
@@ -58,7 +67,7 @@ def relaxation_errors(rng: np.random.Generator) -> dict[str, float]:
     sizes = sorted(rel.extras["best_by_size"])
     vals = [rel.extras["best_by_size"][t] for t in sizes]
     out["monotone"] = max([0.0] + [(a - b) / scale for a, b in zip(vals, vals[1:])])
-    w, s = random_relaxed_point(rng, layer, spec)
+    w, s = relaxed_point_from(layer, s)
     mask = (s <= 1e-9).unsqueeze(0).expand(layer.out_features, n).clone()
     point = Solution(weights=w, mask=mask, extras={"s": s})
     res = relaxed.residuals(point)
@@ -71,6 +80,18 @@ def relaxation_errors(rng: np.random.Generator) -> dict[str, float]:
     restored = SPAPRelaxation(restore=True).invert(point, inverse)
     out["restore_increase"] = max(0.0, restored.objective - rounded.objective) / scale
     return out
+
+
+def relaxation_errors(rng: np.random.Generator) -> dict[str, float]:
+    """:func:`relaxation_errors_for` on a random layer, count and relaxed point drawn from ``rng``."""
+    from ...formulations.sparsity import Channels
+    from ..toy import CONDITIONINGS, random_layer
+
+    n = int(rng.integers(3, 9))
+    layer = random_layer(rng, int(rng.integers(2, 6)), n, conditioning=CONDITIONINGS[int(rng.integers(0, 4))])
+    spec = Channels(count=int(rng.integers(0, n)))
+    _, s = random_relaxed_point(rng, layer, spec)
+    return relaxation_errors_for(layer, spec, s)
 
 
 @register_claim(

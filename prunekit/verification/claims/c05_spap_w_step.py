@@ -16,19 +16,29 @@ from . import register_claim
 RHO_GRID = (1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6)  # times tr(G)/f
 
 
-def draw_instance(rng: np.random.Generator):
-    """A PenaltyRelaxation on a toy layer and a random pruned set (bool (f,))."""
+PENALTY_WEIGHTS = ("gram_diag", "literal")
+
+
+def make_instance(layer, penalty_weight: str, pruned):
+    """(PenaltyRelaxation pruning ``len(pruned)`` channels of ``layer``, bool (f,) indicator of ``pruned``)."""
     from ...formulations.penalty import PenaltyRelaxation
     from ...formulations.sparsity import Channels
+
+    idx = torch.as_tensor(np.asarray(pruned, dtype=np.int64))
+    f = PenaltyRelaxation(layer, Channels(count=int(idx.numel())), penalty_weight=penalty_weight)
+    mask = torch.zeros(layer.in_features, dtype=torch.bool)
+    mask[idx] = True
+    return f, mask
+
+
+def draw_instance(rng: np.random.Generator):
+    """A PenaltyRelaxation on a toy layer and a random pruned set (bool (f,))."""
     from ..toy import random_layer
 
     n, m = int(rng.integers(5, 11)), int(rng.integers(3, 7))
     k = max(1, n // 3)
     layer = random_layer(rng, m, n, conditioning=("well", "correlated")[int(rng.integers(0, 2))])
-    f = PenaltyRelaxation(layer, Channels(count=k), penalty_weight=("gram_diag", "literal")[int(rng.integers(0, 2))])
-    pruned = torch.zeros(n, dtype=torch.bool)
-    pruned[torch.from_numpy(rng.choice(n, k, replace=False))] = True
-    return f, pruned
+    return make_instance(layer, PENALTY_WEIGHTS[int(rng.integers(0, 2))], rng.choice(n, k, replace=False))
 
 
 def stacked_lstsq_w_step(f, pruned: torch.Tensor, rho: float) -> np.ndarray:
@@ -61,13 +71,14 @@ def rho_errors(f, pruned: torch.Tensor) -> np.ndarray:
 
 @register_claim("C5", "The SPAP W-step W0 G (G + rho D)^-1 equals the stacked lstsq solution and converges to "
                 "the C1 restoration with ||W(rho) - W_inf|| = O(1/rho).", tolerance=1e-3, source="methods.md §3.3, §11 C5")
-def check(rng: np.random.Generator) -> float:
+def check_instance(f, pruned: torch.Tensor, rho_rel: float) -> float:
+    """C5's error on one instance: W-step vs stacked lstsq at ``rho = rho_rel * mean(diag G)`` (raises above
+    1e-8) and the convergence of ``rho ||W(rho) - W_inf||`` along :data:`RHO_GRID`."""
     from ...solvers.torch.penalty import w_step
 
-    f, pruned = draw_instance(rng)
     g = f.gram()
     w0 = f.layer.weight.detach().double()
-    rho = float(g.diagonal().mean()) * 10.0 ** rng.uniform(-2, 3)
+    rho = float(g.diagonal().mean()) * rho_rel
     w_torch, _ = w_step(w0 @ g, g, rho, pruned.double() * f.omega())
     ref = stacked_lstsq_w_step(f, pruned, rho)
     lstsq_err = float(np.abs(w_torch.numpy() - ref).max() / max(np.abs(ref).max(), 1e-300))
@@ -77,3 +88,10 @@ def check(rng: np.random.Generator) -> float:
     if q.max() > 10 * q[-1] or q[-1] <= 0:
         raise VerificationError(f"C5: rho * ||W(rho) - W_inf|| is not bounded along the grid: {q}.")
     return max(lstsq_err, abs(q[-2] / q[-1] - 1.0))
+
+
+@register_claim("C5", "The SPAP W-step W0 G (G + rho D)^-1 equals the stacked lstsq solution and converges to "
+                "the C1 restoration with ||W(rho) - W_inf|| = O(1/rho).", tolerance=1e-3, source="methods.md §3.3, §11 C5")
+def check(rng: np.random.Generator) -> float:
+    f, pruned = draw_instance(rng)
+    return check_instance(f, pruned, 10.0 ** rng.uniform(-2, 3))

@@ -7,6 +7,8 @@ Solution M is exactly zero on P, equals the restricted solve ``w_S + w_P H_PS H_
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from ...errors import VerificationError
@@ -46,6 +48,29 @@ def row_errors(w: np.ndarray, w_hat: np.ndarray, prune: np.ndarray, h: np.ndarra
     return err
 
 
+def check_instance(layer, spec, rng: Optional[np.random.Generator] = None) -> float:
+    """C12's error for MRP Solution M on ``layer`` pruned to ``spec`` (unstructured or N:M).
+
+    ``rng`` draws the three feasible perturbation probes (default: a fixed generator); raises if the mask
+    violates the spec or a probe lowers the damped loss.
+    """
+    probes = np.random.default_rng(0) if rng is None else rng
+    sol = solve(MultipleRemoval(layer, spec), backend="torch", dtype="float64")
+    if sol.residuals["mask_violations"] != 0:
+        raise VerificationError(f"MRP mask violates {spec.describe()}")
+    w = layer.weight.numpy()
+    h = hessian(layer)
+    err = row_errors(w, sol.weights.numpy(), ~sol.mask.numpy(), h)
+    # optimality: no feasible perturbation (on the kept entries) lowers the damped loss
+    dw = sol.weights.numpy() - w
+    base = 0.5 * np.sum((dw @ h) * dw)
+    for _ in range(3):
+        d = probes.standard_normal(w.shape) * sol.mask.numpy() * 1e-3
+        if 0.5 * np.sum(((dw + d) @ h) * (dw + d)) < base - 1e-10 * max(1.0, base):
+            raise VerificationError("a feasible perturbation lowered the Solution M loss")
+    return err
+
+
 @register_claim("C12", "MRP Solution M is zero on P, equals the restricted solve w_S + w_P H_PS H_SS^{-1}, and "
                 "its loss is 1/2 w_P (H^{-1}_PP)^{-1} w_P^T = 1/2 w_P (H/H_SS) w_P^T.", tolerance=1e-7,
                 source="methods.md §6.2, §11 C12")
@@ -53,17 +78,4 @@ def check(rng: np.random.Generator) -> float:
     m, n = int(rng.integers(2, 6)), int(rng.choice([4, 8, 12]))
     layer = random_layer(rng, m, n, conditioning=str(rng.choice(["well", "correlated", "rank_deficient"])))
     spec = [Unstructured(0.5), Unstructured(float(rng.uniform(0.2, 0.8)), scope="layer"), NM(2, 4)][int(rng.integers(0, 3))]
-    sol = solve(MultipleRemoval(layer, spec), backend="torch", dtype="float64")
-    if sol.residuals["mask_violations"] != 0:
-        raise VerificationError(f"MRP mask violates {spec.describe()}")
-    w = layer.weight.numpy()
-    err = row_errors(w, sol.weights.numpy(), ~sol.mask.numpy(), hessian(layer))
-    # optimality: no feasible perturbation (on the kept entries) lowers the damped loss
-    h = hessian(layer)
-    dw = sol.weights.numpy() - w
-    base = 0.5 * np.sum((dw @ h) * dw)
-    for _ in range(3):
-        d = rng.standard_normal(w.shape) * sol.mask.numpy() * 1e-3
-        if 0.5 * np.sum(((dw + d) @ h) * (dw + d)) < base - 1e-10 * max(1.0, base):
-            raise VerificationError("a feasible perturbation lowered the Solution M loss")
-    return err
+    return check_instance(layer, spec, rng)

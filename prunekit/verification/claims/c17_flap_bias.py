@@ -13,20 +13,17 @@ import torch
 from . import register_claim
 
 
-def flap_errors(rng: np.random.Generator) -> dict[str, float]:
+def flap_errors_for(layer, x: np.ndarray, pruned) -> dict[str, float]:
+    """C17's five relative errors for ``layer`` (with a bias) accumulated from inputs ``x`` (tokens x n) when
+    the input channels ``pruned`` (a non-empty proper subset of range(n)) are removed."""
     from ...formulations import scores
     from ...formulations.flap import FLAPRemoval
-    from ...formulations.layer import LayerData
     from ...formulations.sparsity import Channels
     from ...solvers import solve
-    from ..toy import CONDITIONINGS, random_inputs
 
-    m, n = int(rng.integers(2, 7)), int(rng.integers(3, 10))
-    x = random_inputs(rng, n, conditioning=CONDITIONINGS[int(rng.integers(0, 4))]) + 2.0 * rng.standard_normal(n)
-    w, b = rng.standard_normal((m, n)), rng.standard_normal(m)
-    layer = LayerData.from_inputs(torch.from_numpy(w), torch.from_numpy(x), bias=torch.from_numpy(b))
+    w, b = layer.weight.double().numpy(), layer.bias.double().numpy()
     n_tok = x.shape[0]
-    pruned = np.sort(rng.choice(n, size=int(rng.integers(1, n)), replace=False))
+    pruned = np.sort(np.asarray(pruned, dtype=np.int64))
     w_hat = w.copy()
     w_hat[:, pruned] = 0.0
     target = x @ w.T + b
@@ -56,6 +53,18 @@ def flap_errors(rng: np.random.Generator) -> dict[str, float]:
     b_opt = np.linalg.lstsq(np.ones((n_tok, 1)), target - x @ np.where(keep, w, 0.0).T, rcond=None)[0].ravel()
     out["solver_bias"] = float(np.abs(sol.bias.numpy() - b_opt).max() / max(np.abs(b_opt).max(), 1e-300))
     return out
+
+
+def flap_errors(rng: np.random.Generator) -> dict[str, float]:
+    """:func:`flap_errors_for` on a random biased layer with shifted inputs and a random pruned set."""
+    from ...formulations.layer import LayerData
+    from ..toy import CONDITIONINGS, random_inputs
+
+    m, n = int(rng.integers(2, 7)), int(rng.integers(3, 10))
+    x = random_inputs(rng, n, conditioning=CONDITIONINGS[int(rng.integers(0, 4))]) + 2.0 * rng.standard_normal(n)
+    w, b = rng.standard_normal((m, n)), rng.standard_normal(m)
+    layer = LayerData.from_inputs(torch.from_numpy(w), torch.from_numpy(x), bias=torch.from_numpy(b))
+    return flap_errors_for(layer, x, rng.choice(n, size=int(rng.integers(1, n)), replace=False))
 
 
 @register_claim(

@@ -1,0 +1,49 @@
+"""C5 -- the SPAP W-step is a stacked least-squares solve and converges to the C1 restoration at rate O(1/rho).
+
+Statement: for a fixed pruned set P and D = diag(s * omega), W(rho) = W0 G (G + rho D)^{-1} minimizes
+1/2 ||(W - W0) Z||^2 + rho/2 ||W D^{1/2}||^2 (Z Z^T = G, the damped Gram), i.e. equals lstsq on
+[Z^T; sqrt(rho) D^{1/2}] vs [Y^T; 0]; and ||W(rho) - W_inf|| = O(1/rho) with W_inf the exact restoration on S.
+Assumptions: G + lambda I positive definite (damping > 0); omega_j > 0 on P.
+Citation: methods.md §3.3 and §11 (claim C5); SPAP, arXiv 2505.03373 (update rules derived).
+Claim id: C5.
+"""
+
+import numpy as np
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prunekit.verification.claims import get_claim
+from prunekit.verification.claims.c05_spap_w_step import RHO_GRID, draw_instance, rho_errors
+
+
+@given(seed=st.integers(0, 2**32 - 1))
+def test_claim_c05_holds_on_random_instances(seed):
+    """Property: the W-step matches stacked lstsq and rho*||W(rho) - W_inf|| has converged at rho = 1e6 tr(G)/f."""
+    claim = get_claim("C5")
+    assert claim.check(np.random.default_rng(seed)) <= claim.tolerance
+
+
+@given(seed=st.integers(0, 2**32 - 1))
+def test_log_log_slope_is_minus_one(seed):
+    """Property: log ||W(rho) - W_inf|| against log rho has slope -1 for large rho (between 1e4 and 1e6)."""
+    f, pruned = draw_instance(np.random.default_rng(seed))
+    q = rho_errors(f, pruned)
+    errs = q / np.array(RHO_GRID)
+    slope = (np.log(errs[-1]) - np.log(errs[-3])) / (np.log(RHO_GRID[-1]) - np.log(RHO_GRID[-3]))
+    assert abs(slope + 1.0) < 1e-2, slope
+
+
+@given(seed=st.integers(0, 2**32 - 1))
+def test_w_step_is_stationary_for_penalized_objective(seed):
+    """Property: the gradient (W - W0) G + rho W D of the penalized objective vanishes at the W-step."""
+    from prunekit.solvers.torch.penalty import w_step
+
+    f, pruned = draw_instance(np.random.default_rng(seed))
+    g, w0 = f.gram(), f.layer.weight.double()
+    rho = 3.7 * float(g.diagonal().mean())
+    d = pruned.double() * f.omega()
+    w, _ = w_step(w0 @ g, g, rho, d)
+    grad = (w - w0) @ g + rho * w * d.unsqueeze(0)
+    assert float(grad.abs().max()) <= 1e-10 * float((w0 @ g).abs().max())
+    assert torch.isfinite(w).all()
