@@ -151,7 +151,9 @@ def _assert_same_model(a: Path, b: Path) -> None:
         assert x.shape == y.shape, name
         assert torch.equal(x == 0, y == 0), f"{name}: zero patterns differ"
         scale = float(x.abs().max()) or 1.0
-        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5 * scale, msg=name)
+        # float32 statistics summed in another order (windows split across ranks): the restorations differ at
+        # float32 rounding times the conditioning of G, measured up to 2.1e-5 * max|W| on these V/O channels
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-4 * scale, msg=name)
     config = [json.loads((f / "config.json").read_text()) for f in (a, b)]
     for key in ("intermediate_size", "num_attention_heads", "num_key_value_heads", "hidden_size", "head_dim"):
         assert config[0].get(key) == config[1].get(key), key
