@@ -36,7 +36,7 @@ from .eval import add_data_args, limit_arg
 
 # flag -> Recipe field (flags default to None so that an explicit flag overrides the recipe file)
 _RECIPE_FLAGS = ("method", "structure", "sparsity", "allocation", "temperature", "attention", "backend", "round_to",
-                 "damping", "dtype")
+                 "damping", "dtype", "targets", "ignore", "unrouted")
 _CALIB_FLAGS = ("nsamples", "seqlen", "seed", "mode")
 
 
@@ -91,6 +91,13 @@ def positive_int(text: str) -> int:
 def round_to_arg(text: str):
     """argparse type: 'auto' or an int >= 1."""
     return "auto" if text.strip() == "auto" else positive_int(text)
+
+
+def patterns_arg(text: str) -> list[str]:
+    """argparse type: comma-separated module patterns (a comma inside a ``re:`` braces/brackets is kept)."""
+    from ..models.targets import split_patterns
+
+    return split_patterns(text)
 
 
 def fraction(text: str) -> float:
@@ -276,6 +283,13 @@ def register(subparsers) -> None:
                    help="kept widths: multiples of this, or 'auto' (default: 64 for groups of >= 1024 units, else 1)")
     p.add_argument("--backend", default=None, help="solver backend (auto, torch, ...)")
     p.add_argument("--damping", type=non_negative, default=None)
+    p.add_argument("--targets", type=patterns_arg, default=None,
+                   help="modules to prune, comma-separated: names (dotted suffixes), re:<regex>, Linear, Conv1D "
+                        "(default: every linear layer of the decoder blocks)")
+    p.add_argument("--ignore", type=patterns_arg, default=None,
+                   help="modules left dense, same syntax (default: lm_head, re:.*router.*, gate, shared_expert_gate)")
+    p.add_argument("--unrouted", default=None, choices=("dense", "magnitude"),
+                   help="modules no calibration token reaches (MoE experts): left dense (default) or magnitude")
     p.add_argument("--dtype", default=None, choices=("float32", "float64", "bfloat16", "float16"),
                    help="compute dtype of the block copies (float32); the output keeps the checkpoint's dtype")
     p.add_argument("--out", required=True, help="output folder (appears only when the run is complete)")

@@ -244,8 +244,8 @@ def forward_block(block: nn.Module, inputs: BlockInputs, *, device, storage="cpu
 
 def collect_grams(block: nn.Module, inputs: BlockInputs, names: list[str], *, device,
                   gram_dtype: Optional[torch.dtype] = None, star_block: Optional[nn.Module] = None,
-                  early_stop: bool = True, diagonal: bool = False,
-                  batch_tokens: Optional[int] = None) -> dict[str, GramAccumulator]:
+                  early_stop: bool = True, diagonal: bool = False, batch_tokens: Optional[int] = None,
+                  allow_unreached: bool = False) -> dict[str, GramAccumulator]:
     """Gram accumulators of the block's linear modules ``names`` (relative), one pass over the windows.
 
     Parameters
@@ -258,11 +258,15 @@ def collect_grams(block: nn.Module, inputs: BlockInputs, names: list[str], *, de
     early_stop : stop each forward pass once every requested module has seen its input.
     diagonal : accumulate only diag G and the input sum (``GramAccumulator(diagonal=True)``).
     batch_tokens : windows per block call (:func:`window_batches`).
+    allow_unreached : a module that gets no input in a window (an MoE expert no token of it was routed to) is
+        skipped for that window instead of raising; one that never gets any keeps ``num_tokens == 0``.  Early
+        stopping is off then (the hooks cannot know which experts a window reaches).
     """
     device = torch.device(device)
     gram_dtype = gram_dtype or (torch.float32 if device.type == "cuda" else torch.float64)
     dtype = next(block.parameters()).dtype
     track = star_block is not None
+    early_stop = early_stop and not allow_unreached
     modules = {n: block.get_submodule(n) for n in names}
     accs = {n: GramAccumulator(_in_features(m), dtype=gram_dtype, device=device, track_star=track,
                                diagonal=diagonal) for n, m in modules.items()}
@@ -295,9 +299,17 @@ def collect_grams(block: nn.Module, inputs: BlockInputs, names: list[str], *, de
             star = run(star_block, group) if track else {}
             real = inputs.real_tokens(group[0])  # None for a batch of several windows
             for n in names:
-                if n not in dense:
+                if n not in dense or (track and n not in star):
+                    if allow_unreached:
+                        continue
                     raise RuntimeError(f"module {n!r} received no input during calibration; check the adapter stages.")
                 x, xs = dense[n], star.get(n) if track else None
+                if xs is not None and xs.shape != x.shape:
+                    raise ModelError(
+                        f"module {n!r} sees {x.shape[:-1].numel()} tokens in the dense block but "
+                        f"{xs.shape[:-1].numel()} in the partially pruned one (an MoE router sends tokens elsewhere "
+                        f"once earlier operators are pruned), so X and X* do not pair up. Fix: calibration mode "
+                        f"'propagated' or 'dense' for mixture-of-experts models.")
                 if real is not None:
                     x = _real_rows(x, real, n)
                     xs = None if xs is None else _real_rows(xs, real, n)

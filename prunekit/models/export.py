@@ -527,8 +527,10 @@ def stock_layout(model: nn.Module) -> StockLayout:
     b = _Builder(model)
     base_config = dict(b.config)
     dropped = _tied_duplicates(model)
-    if b.rules is None:
+    if b.rules is None and b.adapter.name != "generic":
         b.blockers.append(f"prunekit knows no stock layout rules for model_type {b.model_type!r}.")
+    elif b.rules is None:
+        pass  # generic adapter (unstructured / N:M only): shapes unchanged, checked against the stock class below
     else:
         _FAMILY_BUILDERS[b.adapter.name](b)
     if not b.blockers:

@@ -14,7 +14,12 @@ A recipe names
   groups of >= 1024 units to multiples of 64 and leaves smaller ones alone -- measured in benchmarks/ROUND_TO.md);
 * ``options``: values for the method's formulation fields (checked against that class's fields), the solver
   **backend** and typed solver options (:class:`prunekit.solvers.options.SolverOptions` fields), ``damping``;
-* the :class:`CalibrationSettings` (source, nsamples, seqlen, seed, input mode) and the compute ``dtype``.
+* the :class:`CalibrationSettings` (source, nsamples, seqlen, seed, input mode) and the compute ``dtype``;
+* which linear modules are pruned: ``targets`` / ``ignore`` patterns (llm-compressor style, see
+  :mod:`prunekit.models.targets`: ``"lm_head"`` matches a dotted-name suffix, ``"re:<regex>"`` the whole name,
+  ``"Linear"`` / ``"Conv1D"`` a module kind; default: every linear layer of the decoder blocks but MoE routers and
+  gates), and ``unrouted``: what happens to a module no calibration token reaches (an MoE expert never routed
+  to): ``"dense"`` (default, kept and reported) or ``"magnitude"``.
 
 Recipes are plain data: explicit keyword fields, no ``**kwargs``, no aliases.  Contradictory settings are
 errors.  They round-trip through ``to_dict``/``from_dict``, JSON and YAML (an unquoted ``2:4`` stays a structure,
@@ -130,6 +135,9 @@ class Recipe:
     round_to: Union[int, str] = "auto"
     damping: float = 0.01
     dtype: str = "float32"
+    targets: Any = None
+    ignore: Any = None
+    unrouted: str = "dense"
     version: int = VERSION
 
     def __post_init__(self) -> None:
@@ -144,6 +152,11 @@ class Recipe:
                 raise FormulationError(f"{name} must be a mapping of field -> value, got {type(value).__name__}. "
                                        f"Fix: e.g. {name}: {{}} (or leave it out).")
             set_(self, name, dict(value))
+        from .targets import TargetFilter
+
+        chosen = TargetFilter.parse(self.targets, self.ignore)  # FormulationError on a bad pattern
+        set_(self, "targets", tuple(p.text for p in chosen.targets))
+        set_(self, "ignore", tuple(p.text for p in chosen.ignore))
         fixed = self.structure.fixed_ratio
         if fixed is not None:
             if self.sparsity is not None and not _same_ratio(self.sparsity, fixed):
@@ -209,6 +222,9 @@ class Recipe:
             raise FormulationError(f"damping must be a finite number >= 0, got {self.damping!r}. "
                                    f"Fix: e.g. damping=0.01 (a fraction of the Gram's mean diagonal).")
         _choice("dtype", self.dtype, DTYPES)
+        from .families.generic import UNROUTED_POLICIES
+
+        _choice("unrouted", self.unrouted, UNROUTED_POLICIES)
         self._check_backend()
         from ..solvers.options import check_solver_options
 
@@ -243,6 +259,14 @@ class Recipe:
                 f"Fix: pip install 'prunekit[reference]', or use backend='auto'.")
 
     @property
+    def target_filter(self):
+        """The :class:`~prunekit.models.targets.TargetFilter` of ``targets`` / ``ignore``: which linear modules of
+        the decoder blocks are pruned (default: every Linear / Conv1D but ``lm_head``, MoE routers and gates)."""
+        from .targets import TargetFilter
+
+        return TargetFilter.parse(self.targets, self.ignore)
+
+    @property
     def mode(self) -> str:
         """The calibration mode in force (``calibration.mode`` with "auto" resolved for this method)."""
         return self.calibration.resolved_mode(self.method)
@@ -273,6 +297,7 @@ class Recipe:
         out["options"] = dict(self.options)
         out["solver_options"] = dict(self.solver_options)
         out["calibration"] = dataclasses.asdict(self.calibration)
+        out["targets"], out["ignore"] = list(self.targets), list(self.ignore)
         return out
 
     @classmethod

@@ -39,6 +39,8 @@ from torch import nn
 from ..distributed import SINGLE, current
 from ..errors import ModelError
 from .calibration import CalibrationSet, NoStatistics, capture_block_inputs, collect_grams, forward_block
+from .families.experts import fuse_experts_, unfuse_experts_
+from .families.generic import linear_kind, unrouted_solution
 from .methods import group_spec, kept_units_from_solution
 from .plan import GroupEdit, ModuleEdit, PruningPlan
 from .recipe import Recipe
@@ -71,14 +73,20 @@ def block_targets(model: nn.Module, adapter, index: int, block: nn.Module, recip
     """The layer problems of block ``index`` under ``recipe`` (in execution order)."""
     prefix = adapter.block_prefix(model, index)
     order = {n: k for k, n in enumerate(adapter.linear_names(block))}
+    chosen = recipe.target_filter
+
+    def selected(rel: str) -> bool:
+        return chosen.selects(f"{prefix}.{rel}", linear_kind(block.get_submodule(rel)) or "Linear")
+
     if recipe.structure.kind != "channels":
-        return [Target(rel, f"{prefix}.{rel}") for rel in adapter.linear_names(block)]
+        return [Target(rel, f"{prefix}.{rel}") for rel in adapter.linear_names(block) if selected(rel)]
     kinds = MLP_KINDS + ATTENTION_KINDS[recipe.attention]
     groups = [g for g in adapter.coupled_groups(model, index) if g.kind in kinds]
     if recipe.attention != "none" and not any(g.kind in ATTENTION_KINDS[recipe.attention] for g in groups):
         raise ModelError(f"attention={recipe.attention!r} is not available for block {index} of this family "
                          f"({adapter.name}). Fix: use attention='none' or another option.")
     targets = [Target(g.downstream[len(prefix) + 1:], g.downstream, g) for g in groups]
+    targets = [t for t in targets if selected(t.rel)]
     return sorted(targets, key=lambda t: order.get(t.rel, len(order)))
 
 
@@ -96,6 +104,8 @@ def _solve_target(target: Target, dense: nn.Module, acc, adapter, recipe: Recipe
         spec = recipe.method.sparsity_for(recipe.structure, ratio)
     if spec is None:
         return None, LayerRecord(**base)
+    if getattr(acc, "num_tokens", 1) == 0:  # no calibration token reached it (an MoE expert never routed to)
+        return unrouted_solution(weight, spec, recipe.unrouted, base)
     bias = module.bias.detach().clone() if getattr(module, "bias", None) is not None else None
     # G = X X^T was accumulated here, so it is PSD by construction: skip LayerData's O(n^3) PSD check (the solvers'
     # damped Cholesky still escalates damping on an indefinite G from rounding).
@@ -193,7 +203,7 @@ def _statistics(recipe: Recipe, dense: nn.Module, work: Optional[nn.Module], inp
     if basis == "none":
         return {n: NoStatistics(adapter.get_weight(dense.get_submodule(n)).shape[1]) for n in names}
     return collect_grams(dense, inputs, names, device=device, star_block=work, diagonal=basis == "diagonal",
-                         gram_dtype=recipe.method.statistics_dtype)
+                         gram_dtype=recipe.method.statistics_dtype, allow_unreached=adapter.name == "generic")
 
 
 def prune_block(store, index: int, block: nn.Module, inputs, recipe: Recipe, *, device, dtype,
@@ -209,6 +219,8 @@ def prune_block(store, index: int, block: nn.Module, inputs, recipe: Recipe, *, 
 
     def setup():
         dense = as_compute(block, device, dtype)
+        if inputs is not None and hasattr(adapter, "trace") and adapter.traced(dense) is None:
+            adapter.trace(dense, inputs, device=device)  # generic adapter: stages by shared input, traced once
         work = copy.deepcopy(dense) if sequential else dense  # receives the solutions (sequential X*)
         targets = block_targets(model, adapter, index, dense, recipe)
         stages = adapter.stages(dense) if sequential else [[t.rel for t in targets]]
@@ -266,6 +278,8 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
     if tokens.dim() != 2:
         raise ModelError(f"calibration tokens must be (nsamples, seqlen), got shape {tuple(tokens.shape)}.")
     ctx = current()  # prunekit.distributed: SINGLE unless a process group of several ranks is initialized
+    if hasattr(store.adapter, "check_structure"):  # generic adapter: channels need a family adapter (clear error)
+        store.adapter.check_structure(recipe.structure.kind)
     if ratios is not None:
         from .allocate import check_ratios
 
@@ -297,11 +311,14 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
             inputs = ctx.checked(_propagate_and_release, store, index, committed, inputs, device, dtype, storage)
             continue
         block = ctx.checked(store.load, index)
+        if store.adapter.name == "generic":  # fused MoE experts -> one linear pair per expert (fused back below)
+            unfuse_experts_(block)
         block_plan, dense = prune_block(store, index, block, inputs, recipe, device=device, dtype=dtype,
                                         ratios=ratios, ctx=ctx)
 
         stream = dense if dense_inputs else None  # None: propagate through the pruned block
         inputs = ctx.checked(_commit, store, sink, index, block_plan, stream, inputs, last, device, dtype, storage)
+        fuse_experts_(block)
         del dense, block
         release_memory(device)
         elapsed = time.perf_counter() - t0
@@ -329,6 +346,7 @@ def _commit(store, sink, index: int, block_plan: PruningPlan, stream, inputs, la
     ``stream`` (the dense copy) or the pruned block, commit it to the sink (which writes on rank 0 only when
     distributed) and release the block.  Returns the next block's inputs."""
     pruned = pruned_block(store.model, store.adapter, index, block_plan)
+    fuse_experts_(pruned)  # the stock layout of fused MoE experts (a no-op for every other block)
     if not last and inputs is not None:
         stream = stream if stream is not None else as_compute(pruned, device, dtype)
         inputs = forward_block(stream, inputs, device=device, storage=storage)

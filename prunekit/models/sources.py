@@ -147,8 +147,11 @@ def verify_checkpoint(folder: Path) -> None:
     tensors: stock loaders would fill missing ones with random weights) or hold only pickles (never unpickled)."""
     from .checkpoint import CheckpointReader, check_tensors, expected_tensors, open_skeleton
 
-    reader = CheckpointReader(folder)
-    expected, optional = expected_tensors(open_skeleton(folder))
+    from .expert_checkpoints import fused_expert_view
+
+    skeleton = open_skeleton(folder)
+    expected, optional = expected_tensors(skeleton)
+    reader = fused_expert_view(CheckpointReader(folder), expected, skeleton)
     check_tensors(reader, expected, optional=optional)
 
 

@@ -80,12 +80,14 @@ class CheckpointBlocks:
 
     def __init__(self, folder, dtype: Optional[torch.dtype] = None):
         from .checkpoint import CheckpointReader, check_tensors, expected_tensors, open_skeleton
+        from .expert_checkpoints import fused_expert_view
 
         self.folder = Path(folder)
         self.reader = CheckpointReader(self.folder)
         self.model = open_skeleton(self.folder, dtype or self.reader.dtype)
         self.adapter = adapter_for(self.model)
         expected, optional = expected_tensors(self.model)
+        self.reader = fused_expert_view(self.reader, expected, self.model)  # per-expert MoE tensors -> fused parameters
         check_tensors(self.reader, expected, optional=optional)
         self._prefixes = [self.adapter.block_prefix(self.model, i) for i in range(len(self))]
 

@@ -27,7 +27,7 @@ from typing import Iterable, Optional, Union
 
 from ..errors import FormulationError
 
-DEFAULT_TARGETS: tuple[str, ...] = ("Linear",)
+DEFAULT_TARGETS: tuple[str, ...] = ("Linear", "Conv1D")
 """Every linear module (``nn.Linear`` and GPT-2's ``Conv1D`` alike) of the decoder blocks."""
 
 DEFAULT_IGNORE: tuple[str, ...] = ("lm_head", "re:.*router.*", "gate", "shared_expert_gate")

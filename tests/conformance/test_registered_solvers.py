@@ -166,6 +166,29 @@ def test_broken_solver_is_caught(toy_registry, broken, check):
     assert result["status"] == "fail", result
 
 
+class _OverclaimsSolved(_Good):
+    """Declares itself iterative, stops on its limit, yet says "solved" (bypassing IterativeSolver.solution)."""
+
+    iterative = True
+
+    def run(self, f, options):
+        from prunekit.solvers.iterative import IterationStats
+
+        sol = super().run(f, options)
+        return sol.replace(status="solved", stats=IterationStats.certified(5, 5, 1e-6, False, 1.0).as_stats())
+
+
+class _IterativeWithoutStats(_Good):
+    iterative = True
+
+
+@pytest.mark.parametrize("broken", [_OverclaimsSolved, _IterativeWithoutStats])
+def test_iteration_stats_check_catches_untrue_statuses(toy_registry, broken):
+    """Property: a solver declaring iterative=True must report IterationStats and the status they support."""
+    result = _results(toy_registry(broken))["iteration_stats"]
+    assert result["status"] == "fail", result
+
+
 def test_registered_solvers_are_all_collected():
     """Property: every registered solver appears in the parametrized checks (registration is enough)."""
     ids = {c.id for c in conformance_checks(seeds=(0,))}

@@ -28,7 +28,7 @@ def test_defaults_select_every_linear_but_head_and_routers():
     assert selected(f) == ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.o_proj",
                            "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.experts.3.down_proj"]
     assert f.is_default and f == TargetFilter.parse(None, None) == TargetFilter.coerce(None)
-    assert f.describe() == "targets: Linear; ignore: " + ", ".join(DEFAULT_IGNORE)
+    assert f.describe() == "targets: Linear, Conv1D; ignore: " + ", ".join(DEFAULT_IGNORE)
     assert f.reason("model.layers.0.mlp.gate") == "ignored by 'gate'"
     assert f.reason("model.layers.1.block_sparse_moe.router.layer") == "ignored by 're:.*router.*'"
     assert f.reason("model.layers.0.mlp.gate_proj") is None
@@ -55,7 +55,7 @@ def test_ignore_wins_and_explicit_ignore_replaces_the_defaults():
     f = TargetFilter.parse(None, ["o_proj"])
     assert not f.selects("model.layers.0.self_attn.o_proj")
     assert f.selects("model.layers.0.mlp.gate")                    # defaults replaced: the router is a target now
-    assert f.describe() == "targets: Linear; ignore: o_proj"
+    assert f.describe() == "targets: Linear, Conv1D; ignore: o_proj"
     both = TargetFilter.parse(["q_proj"], ["q_proj"])
     assert not both.selects("model.layers.0.self_attn.q_proj")
     assert TargetFilter.parse(None, []).describe().endswith("ignore: (none)")

@@ -1,0 +1,133 @@
+"""Every Solution reports the undamped objective beside the damped one (issue 13, "Truth").
+
+``residuals["objective_undamped"]`` is the reconstruction error ``1/2 ||W_hat X(*) - W X||_F^2`` on the layer's
+statistics, ``residuals["objective_damped"]`` the same with ``G`` replaced by ``layer.damped_gram()`` (the problem
+the restoration/OBS solvers minimize), both computed once by ``Formulation.residuals``;
+``solution.objective`` keeps its meaning (the formulation's objective).
+"""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import prunekit
+from prunekit.formulations.flap import FLAPRemoval
+from prunekit.formulations.l1 import L1Relaxation
+from prunekit.formulations.layer import LayerData
+from prunekit.formulations.mrp import MultipleRemoval
+from prunekit.formulations.restoration import FixedMaskRestoration
+from prunekit.formulations.sparsegpt import SparseGPTPruning
+from prunekit.formulations.sparsity import NM, Channels, Unstructured
+from prunekit.formulations.wanda import WandaPruning
+from prunekit.solvers.solution import Solution
+from prunekit.verification import strategies as pst
+from prunekit.verification.toy import random_layer
+
+KINDS = ("wanda", "sparsegpt", "mrp", "restoration", "flap", "lasso")
+
+
+def _formulation(kind, layer, rng):
+    n = layer.in_features
+    if kind == "wanda":
+        return WandaPruning(layer, Unstructured(0.5))
+    if kind == "sparsegpt":
+        return SparseGPTPruning(layer, Unstructured(0.5))
+    if kind == "mrp":
+        return MultipleRemoval(layer, Unstructured(0.5))
+    if kind == "restoration":
+        return FixedMaskRestoration(layer, torch.from_numpy(rng.random(layer.shape) < 0.6))
+    if kind == "flap":
+        return FLAPRemoval(layer, Channels(count=n // 2))
+    probe = L1Relaxation(layer, Unstructured(0.5), lam=0.0, adaptive=False, project=False)
+    return L1Relaxation(layer, Unstructured(0.5), lam=0.2 * probe.lambda_max(), adaptive=False, project=False,
+                        K=50, warm_start="dense")
+
+
+def _damped_by_definition(layer, weights):
+    """1/2 tr((W_hat - W) (G + lambda I, dead G_jj := 1) (W_hat - W)^T) from layer.damped_gram()."""
+    d = weights.double() - layer.weight.double()
+    return 0.5 * float(torch.sum((d @ layer.damped_gram()) * d))
+
+
+@settings(max_examples=25, deadline=None)
+@given(layer=pst.toy_layers(m=st.integers(1, 5), n=st.sampled_from((4, 8)), with_bias=True,
+                            damping=st.sampled_from((0.0, 0.01, 0.5))),
+       kind=st.sampled_from(KINDS), seed=st.integers(0, 2**32 - 1))
+def test_every_solution_reports_both_objectives(layer, kind, seed):
+    """Property: objective_damped = 1/2 tr(D damped_gram D^T) (D = W_hat - W), objective_undamped = the
+    reconstruction error, objective unchanged: equal to the undamped one for reconstruction formulations, the
+    lasso value (undamped + lam ||W||_1) for the pure lasso."""
+    f = _formulation(kind, layer, np.random.default_rng(seed))
+    sol = prunekit.solve(f, backend="torch", dtype="float64")
+    res = sol.residuals
+    assert res["objective"] == sol.objective
+    if kind == "lasso":
+        assert res["objective_undamped"] == pytest.approx(layer.reconstruction_error(sol.weights), rel=1e-12)
+        lasso = res["objective_undamped"] + f.lam * float(sol.weights.double().abs().sum())
+        assert sol.objective == pytest.approx(lasso, rel=1e-10, abs=1e-12)
+    else:
+        assert res["objective_undamped"] == sol.objective
+    assert res["objective_undamped"] == pytest.approx(layer.reconstruction_error(sol.weights, sol.bias), rel=1e-12,
+                                                      abs=1e-12)
+    extra = res["objective_damped"] - res["objective_undamped"]
+    assert extra == pytest.approx(_damped_by_definition(layer, sol.weights) - layer.reconstruction_error(sol.weights),
+                                  rel=1e-8, abs=1e-9 * max(layer.dense_energy(), 1.0))
+    assert extra >= 0.0
+    if layer.damping == 0.0 and bool((layer.gram.diagonal() > 0).all()):
+        assert res["objective_damped"] == res["objective_undamped"]
+
+
+def test_dead_inputs_are_damped_as_in_damped_gram():
+    """Property: an input column that never fires (G_jj = 0) is damped by lambda + 1, as damped_gram sets it."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 6))
+    x[:, 2] = 0.0
+    layer = LayerData.from_inputs(torch.from_numpy(rng.standard_normal((3, 6))), torch.from_numpy(x), damping=0.05)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[:, 2] = False
+    sol = prunekit.solve(FixedMaskRestoration(layer, mask), backend="torch", dtype="float64")
+    lam = layer.damping_value()
+    d = sol.weights.double() - layer.weight.double()
+    expected = 0.5 * lam * float((d * d).sum()) + 0.5 * float((d[:, 2] ** 2).sum())
+    assert sol.residuals["objective_damped"] - sol.residuals["objective_undamped"] == pytest.approx(expected, rel=1e-10)
+    assert sol.residuals["objective_damped"] == pytest.approx(_damped_by_definition(layer, sol.weights), rel=1e-10)
+
+
+@settings(max_examples=20, deadline=None)
+@given(layer=pst.toy_layers(m=st.integers(1, 5), n=st.sampled_from((4, 8)), damping=st.sampled_from((0.05, 0.5))),
+       seed=st.integers(0, 2**32 - 1))
+def test_each_objective_is_minimized_by_its_own_restoration(layer, seed):
+    """Property: the damped restoration minimizes objective_damped and the undamped one (damping = 0)
+    objective_undamped on the same mask -- the two numbers are different problems, each reported truthfully."""
+    from dataclasses import replace
+
+    mask = NM(2, 4).project(torch.from_numpy(np.random.default_rng(seed).random(layer.shape)))
+    f = FixedMaskRestoration(layer, mask)
+    damped = prunekit.solve(f, backend="torch", dtype="float64")
+    plain_w = prunekit.solve(FixedMaskRestoration(replace(layer, damping=0.0), mask), backend="torch",
+                             dtype="float64").weights
+    plain = f.residuals(Solution(weights=plain_w, mask=mask))  # the undamped optimum, scored on this layer
+    tol = 1e-9 * max(layer.dense_energy(), 1e-12)
+    assert damped.residuals["objective_damped"] <= plain["objective_damped"] + tol
+    assert plain["objective_undamped"] <= damped.residuals["objective_undamped"] + tol
+
+
+def test_reconstruction_error_is_computed_once(monkeypatch):
+    """Property: Formulation.residuals evaluates the reconstruction error once, shared by objective and
+    objective_undamped."""
+    layer = random_layer(np.random.default_rng(0), 3, 8)
+    f = WandaPruning(layer, NM(2, 4))
+    sol = prunekit.solve(f, backend="torch", dtype="float64")
+    calls = []
+    original = LayerData.reconstruction_error
+    monkeypatch.setattr(LayerData, "reconstruction_error", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    res = f.residuals(sol)
+    assert len(calls) == 1 and res["objective_undamped"] == res["objective"]
+
+
+def test_solution_documents_both_conventions():
+    """Property: Solution's docstring names both keys and what ``objective`` means."""
+    doc = Solution.__doc__
+    assert "objective_undamped" in doc and "objective_damped" in doc and "undamped" in doc.split("status :")[0]
