@@ -68,9 +68,9 @@ from .contracts import (
     check_has_reference_twin,
     check_matches_reference,
     find_example,
+    kkt_tolerance,
     reference_twin,
 )
-from .tolerances import kkt_bound
 
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -108,12 +108,7 @@ def solver_kkt_bound(solver_cls: type, solution, dtype: str = "float64") -> floa
     An iterative solver's tolerance is the ``tol`` of its ``IterationStats``; a solver that declares itself
     iterative without reporting one is judged against ``options.tol``.
     """
-    if not is_iterative(solver_cls):
-        return kkt_bound(dtype, solver_cls.backend)
-    tol = solution.stats.get("tol")
-    if tol is None:
-        tol = solution.provenance.get("options", {}).get("tol", 0.0) or 0.0
-    return kkt_bound(dtype, solver_cls.backend, iterative=True, tol=float(tol))
+    return kkt_tolerance(solver_cls, solution, dtype)
 
 
 def check_residuals(solver_cls: type, formulation) -> None:

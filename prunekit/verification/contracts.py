@@ -20,11 +20,10 @@ import torch
 
 from ..errors import BackendUnavailable, VerificationError
 from .checks import assert_matches_reference, assert_spec_obeyed, stationarity_violations
-from .tolerances import for_dtype
+from .tolerances import for_dtype, kkt_bound
 
 MAX_EXAMPLE_TRIES = 20
 KNOWN_STATUS = ("optimal", "solved", "max_iter", "heuristic")
-ITERATIVE_KKT_FACTOR = 100.0
 _UNAVAILABLE_HINTS = ("install",)
 
 
@@ -209,14 +208,16 @@ def check_residuals(solver_cls: type, formulation: Any) -> None:
 
 
 def kkt_tolerance(solver_cls: type, solution: Any, dtype: str) -> float:
-    """Bound on relative KKT residuals: ``for_dtype(dtype, backend).kkt``; an iterative solver (one that reports
-    ``stats["iterations"]``) is judged against its own stopping tolerance, ``ITERATIVE_KKT_FACTOR * options.tol``,
-    when that is looser."""
-    base = for_dtype(dtype, backend=solver_cls.backend).kkt
-    if "iterations" not in solution.stats:
-        return base
-    tol = float(solution.provenance.get("options", {}).get("tol", 0.0) or 0.0)
-    return max(base, ITERATIVE_KKT_FACTOR * tol)
+    """Bound on relative KKT residuals: :func:`~prunekit.verification.tolerances.kkt_bound`.  A solver is iterative
+    when its class says so (``Solver.iterative``, set by ``IterativeSolver``) -- never guessed from the spelling of
+    its stats -- and is then judged against its own stopping tolerance (``stats["tol"]`` of its IterationStats,
+    else ``options.tol``)."""
+    if not getattr(solver_cls, "iterative", False):
+        return kkt_bound(dtype, solver_cls.backend)
+    tol = solution.stats.get("tol")
+    if tol is None:
+        tol = solution.provenance.get("options", {}).get("tol", 0.0) or 0.0
+    return kkt_bound(dtype, solver_cls.backend, iterative=True, tol=float(tol))
 
 
 def check_matches_reference(solver_cls: type, twin: type, formulation: Any) -> None:
