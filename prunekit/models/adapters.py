@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .groups import CoupledGroup
+from .linear_layers import weight_of, write_weight_
 
 
 class FamilyAdapter(ABC):
@@ -54,12 +55,11 @@ class FamilyAdapter(ABC):
 
     def get_weight(self, module: nn.Module) -> torch.Tensor:
         """The module's weight in (out, in) layout (a view for nn.Linear, a transpose for Conv1D)."""
-        return module.weight
+        return weight_of(module)
 
     def set_weight(self, module: nn.Module, weight: torch.Tensor) -> None:
         """Write an (out, in) weight into the module in place (same shape)."""
-        with torch.no_grad():
-            module.weight.copy_(weight.to(dtype=module.weight.dtype, device=module.weight.device))
+        write_weight_(module, weight)
 
     def fix_block(self, model: nn.Module, index: int) -> None:
         """Update per-module attributes (head counts, widths) of block ``index`` from its current shapes."""

@@ -46,6 +46,7 @@ from torch import nn
 from ..calibration_set import CalibrationSet
 from ..errors import ModelError
 from ..formulations import GramAccumulator
+from .linear_layers import in_features
 
 
 class _StopForward(Exception):
@@ -268,7 +269,7 @@ def collect_grams(block: nn.Module, inputs: BlockInputs, names: list[str], *, de
     track = star_block is not None
     early_stop = early_stop and not allow_unreached
     modules = {n: block.get_submodule(n) for n in names}
-    accs = {n: GramAccumulator(_in_features(m), dtype=gram_dtype, device=device, track_star=track,
+    accs = {n: GramAccumulator(in_features(m), dtype=gram_dtype, device=device, track_star=track,
                                diagonal=diagonal) for n, m in modules.items()}
 
     def make_recorder(store: dict[str, torch.Tensor], want: int):
@@ -344,12 +345,6 @@ def _real_rows(x: torch.Tensor, real: torch.Tensor, name: str) -> torch.Tensor:
     return flat[real.to(flat.device)]
 
 
-def _in_features(module: nn.Module) -> int:
-    if hasattr(module, "in_features"):
-        return int(module.in_features)
-    if hasattr(module, "nx"):  # GPT-2 Conv1D (weight in x out)
-        return int(module.nx)
-    return int(module.weight.shape[1])
 
 
 __all__ = ["BlockInputs", "CalibrationSet", "NoStatistics", "capture_block_inputs", "collect_grams", "forward_block"]

@@ -66,6 +66,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .adapters import adapter_for
+from .linear_layers import is_conv1d
 
 STOCK = "stock"
 REBUILD = "rebuild"
@@ -256,9 +257,6 @@ def _is_compact(module: nn.Module) -> bool:
     return hasattr(module, "full_out") and hasattr(module, "full_in")
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D"
-
 
 def _axes(adapter, module: nn.Module, out_target: int, in_target: int, out_groups: int = 1):
     out_f, in_f = (int(s) for s in adapter.get_weight(module).shape)
@@ -308,7 +306,7 @@ class _Builder:
         out_axis, in_axis = _axes(self.adapter, module, out_target, in_target, out_groups)
         has = module.bias is not None
         bias = ("keep" if has else "add") if self.stock_bias(role) else ("keep" if has else "none")
-        self.specs[name] = _ModuleSpec(name, out_axis, in_axis, bias, _is_compact(module), _is_conv1d(module),
+        self.specs[name] = _ModuleSpec(name, out_axis, in_axis, bias, _is_compact(module), is_conv1d(module),
                                        target_transposed)
 
     def set_config(self, key: str, value) -> None:

@@ -40,7 +40,8 @@ from ..distributed import SINGLE, current
 from ..errors import ModelError
 from .calibration import CalibrationSet, NoStatistics, capture_block_inputs, collect_grams, forward_block
 from .families.experts import fuse_experts_, unfuse_experts_
-from .families.generic import linear_kind, unrouted_solution
+from .families.generic import unrouted_solution
+from .linear_layers import linear_kind
 from .methods import group_spec, kept_units_from_solution
 from .plan import GroupEdit, ModuleEdit, PruningPlan
 from .recipe import Recipe

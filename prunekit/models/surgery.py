@@ -32,6 +32,7 @@ from torch import nn
 from ..errors import ModelError, NonFiniteError
 from .adapters import FamilyAdapter, adapter_for
 from .groups import CoupledGroup
+from .linear_layers import new_linear_like
 from .plan import GroupEdit, PruningPlan
 
 COMPACT_KINDS = frozenset({"vo_channel"})
@@ -83,24 +84,6 @@ def round_kept_count(n_keep: int, n_total: int, multiple: Optional[int]) -> int:
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     parent_name, _, child = name.rpartition(".")
     return (model.get_submodule(parent_name) if parent_name else model), child
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D"
-
-
-def new_linear_like(old: nn.Module, out_features: int, in_features: int, bias: bool) -> nn.Module:
-    """An uninitialized module of the same type as ``old`` (``nn.Linear`` or HF ``Conv1D``) with new sizes."""
-    w = old.weight
-    if _is_conv1d(old):
-        new = type(old)(out_features, in_features)
-        new.to(dtype=w.dtype, device=w.device)
-        if not bias:
-            new.bias = None
-        return new
-    if isinstance(old, nn.Linear):
-        return nn.Linear(in_features, out_features, bias=bias, dtype=w.dtype, device=w.device)
-    raise ModelError(f"cannot resize module of type {type(old).__name__}; only nn.Linear and Conv1D are supported.")
 
 
 def _compact_(model, adapter, group: CoupledGroup, kept, present: dict[str, list[int]]) -> None:

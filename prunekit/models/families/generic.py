@@ -61,6 +61,7 @@ from torch import nn
 
 from ...errors import ModelError
 from ..adapters import FamilyAdapter
+from ..linear_layers import linear_kind
 
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 ROUTER_WORDS = ("router",)
@@ -69,15 +70,6 @@ UNROUTED_POLICIES = ("dense", "magnitude")
 
 
 # ---------------------------------------------------------------------------------------------- module kinds
-def linear_kind(module: nn.Module) -> Optional[str]:
-    """``"Linear"`` for ``nn.Linear`` (and subclasses), ``"Conv1D"`` for GPT-2 style Conv1D, else None."""
-    if isinstance(module, nn.Linear):
-        return "Linear"
-    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
-        return "Conv1D"
-    return None
-
-
 def linear_modules(module: nn.Module) -> list[str]:
     """Relative names of the linear modules under ``module``, in module-tree order."""
     return [name for name, m in module.named_modules() if name and linear_kind(m) is not None]
@@ -451,14 +443,6 @@ class GenericAdapter(FamilyAdapter):
         return [list(s) for s in result.restricted(targets)]
 
     # ------------------------------------------------------------------ weights
-    def get_weight(self, module: nn.Module) -> torch.Tensor:
-        return module.weight.t() if linear_kind(module) == "Conv1D" else module.weight
-
-    def set_weight(self, module: nn.Module, weight: torch.Tensor) -> None:
-        w = weight.t() if linear_kind(module) == "Conv1D" else weight
-        with torch.no_grad():
-            module.weight.copy_(w.to(dtype=module.weight.dtype, device=module.weight.device))
-
     # ------------------------------------------------------------------ structures
     def structure_error(self, kind: str = "channels") -> ModelError:
         from ..adapters import supported_model_types

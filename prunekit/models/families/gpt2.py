@@ -15,15 +15,10 @@ rest of prunekit sees the PyTorch (out, in) layout.  Coupled groups:
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..adapters import FamilyAdapter, register_family
 from ..groups import CoupledGroup
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D"
 
 
 @register_family
@@ -39,14 +34,6 @@ class GPT2Adapter(FamilyAdapter):
 
     def stages(self, block: nn.Module) -> list[list[str]]:
         return [["attn.c_attn"], ["attn.c_proj"], ["mlp.c_fc"], ["mlp.c_proj"]]
-
-    def get_weight(self, module: nn.Module) -> torch.Tensor:
-        return module.weight.t() if _is_conv1d(module) else module.weight
-
-    def set_weight(self, module: nn.Module, weight: torch.Tensor) -> None:
-        w = weight.t() if _is_conv1d(module) else weight
-        with torch.no_grad():
-            module.weight.copy_(w.to(dtype=module.weight.dtype, device=module.weight.device))
 
     def attention_counts(self, model: nn.Module, index: int) -> tuple[int, int, int]:
         attn = self.blocks(model)[index].attn
