@@ -196,10 +196,13 @@ def _prune_checkpoint(ctx, model, recipe, out, *, overwrite, resume, device, pro
 
         def conclude() -> RunReport:  # rank 0: the model files; the report reaches every rank
             kept["layout"] = layout = finalize(store, sink, output, folder)
+            outside = _nonzero_tensors(store.reader, store.outside_names())
+            blocks_before, blocks_after = sink.nonzero_parameters()
             return RunReport(
                 recipe=recipe.to_dict(), model=str(model), family=store.adapter.name, mode=recipe.mode,
                 device=str(device), calibration_shape=tuple(tokens.shape),
                 params_before=_numel(reader, reader.names), params_after=_numel_written(output),
+                nonzero_params_before=blocks_before + outside, nonzero_params_after=blocks_after + outside,
                 time_prune_s=prune_s, resumed_from_block=sink.resume_from, output_format=layout.format,
                 output_dtype=str(store.dtype).replace("torch.", ""), layers=list(plan.records),
                 notes=list(layout.notes), versions=versions())
@@ -358,6 +361,11 @@ def _numel(reader, names) -> int:
             size *= d
         total += size
     return total
+
+
+def _nonzero_tensors(reader, names) -> int:
+    """Nonzero entries of the checkpoint tensors ``names`` (read one at a time)."""
+    return sum(int(torch.count_nonzero(reader.load([n])[n])) for n in names)
 
 
 def _numel_written(output) -> int:

@@ -54,6 +54,16 @@ class ModelSink(PlanSink):
         self.plan.merge_(block_plan, keep_weights=False)
 
 
+def _nonzero_parameters(module: nn.Module) -> int:
+    """Nonzero entries of the module's (distinct, materialized) parameters."""
+    seen, total = set(), 0
+    for p in module.parameters():
+        if id(p) not in seen and p.device.type != "meta":
+            seen.add(id(p))
+            total += int(torch.count_nonzero(p))
+    return total
+
+
 class CheckpointSink(PlanSink):
     """Writes each pruned block to a shard of the output folder and commits a resume point."""
 
@@ -84,15 +94,23 @@ class CheckpointSink(PlanSink):
         prefix = store.adapter.block_prefix(store.model, index)
         tensors = {f"{prefix}.{k}": v.detach().to("cpu").contiguous() for k, v in block.state_dict().items()}
         self.writer.write(block_shard(index), tensors)
+        before = _nonzero_parameters(store.adapter.blocks(store.model)[index])
         replace_block_(store.model, store.adapter, index, block)
         self.plan.merge_(block_plan, keep_weights=False)
         self._done.append({
             "block": index,
+            "nonzero": [before, _nonzero_parameters(block)],
             "records": [r.to_dict() for r in block_plan.records],
             "group_edits": {k: {"group": g.group, "kind": g.kind, "kept_units": list(g.kept_units),
                                 "num_units": g.num_units} for k, g in block_plan.group_edits.items()},
         })
         self._write_state()
+
+    def nonzero_parameters(self) -> tuple[int, int]:
+        """Nonzero parameters of the committed blocks, (before, after) pruning -- counted at commit, when both the
+        dense and the pruned block are in memory (no second pass over the checkpoint)."""
+        pairs = [entry.get("nonzero", (0, 0)) for entry in self._done]
+        return sum(int(b) for b, _ in pairs), sum(int(a) for _, a in pairs)
 
     def committed_groups(self, index: int) -> dict[str, GroupEdit]:
         """The group edits (kept units) of committed block ``index``."""
@@ -159,6 +177,10 @@ class RankZeroSink:
     def output(self):
         """Rank 0's ``OutputFolder``; None on the other ranks."""
         return self.inner.output if self.inner is not None else None
+
+    def nonzero_parameters(self) -> tuple[int, int]:
+        """Rank 0's :meth:`CheckpointSink.nonzero_parameters` (call it on rank 0)."""
+        return self.inner.nonzero_parameters()
 
     def save_extra(self, **values) -> None:
         """Persist run-level values (rank 0 writes; collective)."""

@@ -67,6 +67,9 @@ def test_any_causal_lm_prunes_from_the_cli_and_reloads_stock(workdir, family, st
     pruned = AutoModelForCausalLM.from_pretrained(out).eval()  # stock loader, no prunekit code
     before, after = _weights(dense), _weights(pruned)
     assert set(before) == set(after)
+    # the report's nonzero counts are the checkpoints' (counted while streaming, not re-read)
+    assert report["nonzero_params_before"] == sum(int(torch.count_nonzero(w)) for w in before.values())
+    assert report["nonzero_params_after"] == sum(int(torch.count_nonzero(w)) for w in after.values())
     pruned_names = {r["module"] for r in report["layers"] if r["status"] != "skipped"}
     for name, w in after.items():
         module = name.rsplit(".", 1)[0]
