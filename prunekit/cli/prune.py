@@ -35,8 +35,8 @@ from pathlib import Path
 from .eval import add_data_args, limit_arg
 
 # flag -> Recipe field (flags default to None so that an explicit flag overrides the recipe file)
-_RECIPE_FLAGS = ("method", "structure", "sparsity", "allocation", "temperature", "attention", "backend", "round_to",
-                 "damping", "dtype", "targets", "ignore", "unrouted")
+_RECIPE_FLAGS = ("method", "structure", "sparsity", "allocation", "temperature", "owl_m", "owl_lambda", "attention",
+                 "backend", "round_to", "damping", "dtype", "targets", "ignore", "unrouted")
 _CALIB_FLAGS = ("nsamples", "seqlen", "seed", "mode")
 
 
@@ -260,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     from ..models.methods import method_names
+    from ..models.recipe import ALLOCATIONS
 
     p = subparsers.add_parser("prune", help="prune a causal LM checkpoint block by block into a loadable folder",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -276,8 +277,13 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--mode", default=None, choices=("auto", "propagated", "sequential", "dense", "dense_sequential"))
     p.add_argument("--recipe", default=None, help="recipe file (JSON or YAML); flags override its fields")
-    p.add_argument("--allocation", default=None, choices=("uniform", "softmax", "global_threshold"))
-    p.add_argument("--temperature", type=positive, default=None)
+    p.add_argument("--allocation", default=None, choices=ALLOCATIONS,
+                   help="sparsity across layers, one global budget: uniform (default); owl (unstructured: outlier-"
+                        "weighted per block); adaptive (channels: FLAP's global threshold); softmax, global_threshold")
+    p.add_argument("--temperature", type=positive, default=None, help="softmax allocation temperature")
+    p.add_argument("--owl-m", dest="owl_m", type=positive, default=None, help="OWL outlier threshold M (default 5)")
+    p.add_argument("--owl-lambda", dest="owl_lambda", type=non_negative, default=None,
+                   help="OWL spread lambda: block sparsities within S +- lambda (default 0.08)")
     p.add_argument("--attention", default=None, choices=("none", "heads", "vo_channels"))
     p.add_argument("--round-to", dest="round_to", type=round_to_arg, default=None,
                    help="kept widths: multiples of this, or 'auto' (default: 64 for groups of >= 1024 units, else 1)")

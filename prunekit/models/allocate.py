@@ -1,16 +1,17 @@
-"""Non-uniform sparsity across layers: a dense pre-pass of importance scores fed to ``LayerAllocation``.
+"""Non-uniform sparsity across layers: one dense pre-pass of importance statistics, then an allocation rule.
 
-With ``Recipe.allocation`` = ``"softmax"`` or ``"global_threshold"`` (methods.md §7.3, [derived]):
+With ``Recipe.allocation`` other than ``"uniform"`` (rules and their math: :mod:`prunekit.models.allocation_rules`):
 
-1. one pass over the **dense** model (independent blocks on dense inputs) accumulates each target's Gram matrix
-   and computes importance scores: for a coupled group, the unit score is the method's column score summed
-   over the unit's columns (FASP/Wanda ``||W_{:,j}||_1 ||X_j||_2``; FLAP's WIFV for flap); for a linear module
-   (unstructured), the Wanda scores ``|W_ij| ||X_j||_2``, summarized by evenly spaced order statistics whose
-   counts are proportional to the true weight counts (at most ``TOTAL_POINTS`` in all: memory stays small);
-2. each target's energy E_l is its mean score divided by the mean over targets (so ``temperature`` ~ 1 is a
-   moderate setting);
-3. ``prunekit.solve(LayerAllocation(...))`` turns the global budget ``mean_sparsity * sum_l n_l`` into per-target
-   sparsities s_l (softmax at temperature T, or one global threshold on scores normalized per layer).
+1. one pass over the **dense** model (independent blocks on dense inputs, as OWL's and FLAP's own code do)
+   accumulates each target's diagonal statistics (diag G = ||X_j||^2 and the input mean) and summarizes it as a
+   :class:`~prunekit.models.allocation_rules.TargetStats`: its :class:`~prunekit.models.allocation_rules.Grid`
+   (units it can prune and their weights), its mean importance score, and what its rule needs -- unit scores for a
+   coupled group (the method's column score summed over each unit; standardized per target for ``adaptive``), a
+   score summary of the Wanda scores ``|W_ij| ||X_j||_2`` of a module for ``global_threshold`` (evenly spaced order
+   statistics in counts proportional to the weight counts, at most ``TOTAL_POINTS`` in all), and for ``owl`` the
+   number of Wanda scores above ``owl_m`` x the mean score of the target's block (all targeted modules together);
+2. :func:`~prunekit.models.allocation_rules.allocate_targets` turns them into per-target sparsities meeting the
+   global budget round(sparsity x weights) to within one grid step.
 
 Returns ``{target key: s_l}`` for :func:`prunekit.models.runner.plan`.  N:M patterns have a fixed ratio and
 cannot be allocated.
@@ -23,27 +24,20 @@ nothing is clamped or ignored silently.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping, Optional
 
 import torch
 
 from ..errors import SparsityError
+from .allocation_rules import Allocation, Grid, TargetStats, allocate_targets, standardized_unit_scores
 from .calibration import capture_block_inputs, collect_grams, forward_block
 from .recipe import Recipe
 
-MAX_POINTS = 65536     # score summary kept per module during the pre-pass
-TOTAL_POINTS = 2_000_000  # total points handed to LayerAllocation for module targets
-
-
-def _unit_scores(layer, target, method) -> torch.Tensor:
-    from ..formulations import scores
-
-    if target.group is not None:
-        fn = scores.COLUMN_SCORES[method.column_score]
-        col = fn(layer).double().cpu()
-        return torch.stack([col[list(u)].sum() for u in target.group.units])
-    return _quantiles(scores.wanda(layer).double().flatten().cpu(), MAX_POINTS)
+MAX_POINTS = 65536     # score summary kept per module during the pre-pass (global_threshold)
+TOTAL_POINTS = 2_000_000  # total points handed to LayerAllocation for module targets (global_threshold)
+ATTENTION_GROUPS = ("attention_head", "gqa_group", "vo_channel")
 
 
 def _quantiles(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -61,12 +55,12 @@ def _proportional(vectors: list[torch.Tensor], numels: list[int]) -> list[torch.
 
 
 def importance_prepass(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu",
-                       progress: bool = True) -> tuple[list[str], list[torch.Tensor]]:
-    """Target keys and their unit-score vectors from one pass over the dense blocks of ``store``
-    (``prunekit.models.stores``: a model in memory or a checkpoint streamed block by block).
+                       progress: bool = True) -> list[TargetStats]:
+    """One :class:`TargetStats` per target of ``store`` (``prunekit.models.stores``: a model in memory or a
+    checkpoint streamed block by block), in execution order, from one pass over its dense blocks.
 
     Distributed (``prunekit.distributed``): each rank runs its own windows, each target's statistics are summed
-    onto the rank that scores it, and the score vectors are broadcast -- every rank returns the same result.
+    onto the rank that scores it, and the summaries are broadcast -- every rank returns the same result.
     """
     from ..distributed import current
     from .runner import DTYPES, block_targets, solve_cost
@@ -83,7 +77,7 @@ def importance_prepass(store, recipe: Recipe, tokens: torch.Tensor, *, device="c
         return capture_block_inputs(model, adapter, local, device=device, dtype=dtype)
 
     inputs = ctx.checked(first_inputs)
-    keys, vectors, numels = [], [], []
+    stats: list[TargetStats] = []
     iterator = range(len(store))
     if progress and ctx.is_main:
         from tqdm.auto import tqdm
@@ -92,36 +86,81 @@ def importance_prepass(store, recipe: Recipe, tokens: torch.Tensor, *, device="c
     for index in iterator:
         dense = ctx.checked(lambda: as_compute(store.load(index), device, dtype))
         targets = block_targets(model, adapter, index, dense, recipe)
-        accs = ctx.checked(collect_grams, dense, inputs, [t.rel for t in targets], device=device)
+        accs = ctx.checked(collect_grams, dense, inputs, [t.rel for t in targets], device=device, diagonal=True)
         owners = ctx.owners([solve_cost(dense.get_submodule(t.rel), adapter) for t in targets])
         for t, owner in zip(targets, owners):
             ctx.reduce_statistics_(accs[t.rel], dst=owner)
-
-        mine = ctx.checked(_score_own_targets, ctx.rank, targets, owners, accs, dense, adapter, recipe)
-        for t, owner in zip(targets, owners):
-            vector, numel = ctx.broadcast(mine.get(t.rel), src=owner)
-            keys.append(t.key)
-            vectors.append(vector.to("cpu"))
-            numels.append(int(numel))
+        mine = ctx.checked(_score_own_targets, ctx.rank, index, targets, owners, accs, dense, adapter, recipe)
+        block = [ctx.broadcast(mine[t.rel][0] if t.rel in mine else None, src=owner)
+                 for t, owner in zip(targets, owners)]
+        if recipe.allocation == "owl":
+            threshold = recipe.owl_m * sum(s.score_sum for s in block) / max(1, sum(s.num_scores for s in block))
+            counts = ctx.checked(lambda: {rel: _count_above(*extra, threshold) for rel, (_, extra) in mine.items()})
+            block = [dataclasses.replace(s, outliers=int(ctx.broadcast(counts.get(t.rel), src=owner)))
+                     for s, t, owner in zip(block, targets, owners)]
+        del mine
+        stats.extend(block)
         inputs = ctx.checked(_propagate_and_release, store, index, dense, inputs, device, last=index + 1 == len(store))
         del dense
-    if recipe.structure.kind != "channels":
-        vectors = _proportional(vectors, numels)
-    return keys, vectors
+    if recipe.allocation == "global_threshold" and recipe.structure.kind != "channels":
+        vectors = _proportional([s.scores for s in stats], [s.num_scores for s in stats])
+        stats = [dataclasses.replace(s, scores=v) for s, v in zip(stats, vectors)]
+    return stats
 
 
-def _score_own_targets(rank: int, targets, owners, accs, dense, adapter, recipe: Recipe) -> dict:
-    """``{rel: (unit-score vector, weight count)}`` of the targets this rank owns (all of them when single)."""
+def _score_own_targets(rank: int, index: int, targets, owners, accs, dense, adapter, recipe: Recipe) -> dict:
+    """``{rel: (TargetStats, (weight, input norms))}`` of the targets this rank owns (all of them when single)."""
+    from ..formulations import scores
+
     mine = {}
     for t, owner in zip(targets, owners):
         acc = accs.pop(t.rel)
         if owner != rank:
             continue
-        module = dense.get_submodule(t.rel)
-        layer = acc.layer_data(adapter.get_weight(module).detach(), damping=recipe.damping)
-        vector = _unit_scores(layer, t, recipe.method)
-        mine[t.rel] = (vector, vector.numel() if t.group is not None else layer.weight.numel())
+        weight = adapter.get_weight(dense.get_submodule(t.rel)).detach()
+        layer = acc.layer_data(weight, damping=recipe.damping, check_psd=False)
+        norms = layer.input_norms().to(weight.device)
+        if t.group is not None:
+            col = scores.COLUMN_SCORES[recipe.method.column_score](layer).double().cpu()
+            sums = torch.stack([col[list(u)].sum() for u in t.group.units])
+            unit = (standardized_unit_scores(col, t.group.units, square=t.group.kind in ATTENTION_GROUPS)
+                    if recipe.allocation == "adaptive" else sums)
+            stat = TargetStats(key=t.key, block=index, grid=_group_grid(dense, adapter, t, weight, recipe.round_to),
+                               score_mean=float(sums.mean()), scores=unit, score_sum=float(sums.sum()),
+                               num_scores=sums.numel())
+        else:
+            m, n = weight.shape
+            row = recipe.method.formulation.unstructured_scope == "row"
+            total = float((weight.abs().double().sum(dim=0) * norms).sum())
+            summary = (_quantiles(scores.wanda(layer).double().flatten().cpu(), MAX_POINTS)
+                       if recipe.allocation == "global_threshold" else None)
+            stat = TargetStats(key=t.key, block=index, grid=Grid(n, m) if row else Grid(m * n, 1),
+                               score_mean=total / weight.numel(), scores=summary, score_sum=total,
+                               num_scores=weight.numel())
+        mine[t.rel] = (stat, (weight, norms))
     return mine
+
+
+def _group_grid(dense, adapter, target, weight: torch.Tensor, round_to) -> Grid:
+    """A coupled group's grid: its units, each weighing the weights it spans (downstream columns + upstream rows),
+    and the pruned counts whose kept widths are multiples of ``round_to`` (``methods.units_pruned``)."""
+    from .methods import resolve_round_to, units_pruned
+
+    group = target.group
+    prefix = target.name[: len(target.name) - len(target.rel)]
+    per_unit = weight.shape[0] * len(group.units[0])
+    for name, rows in group.upstream.items():
+        upstream = adapter.get_weight(dense.get_submodule(name[len(prefix):]))
+        per_unit += len(rows[0]) * upstream.shape[1]
+    n = group.num_units
+    counts = None if resolve_round_to(round_to, n) == 1 else \
+        tuple(sorted({units_pruned(n, c / n, round_to) for c in range(n + 1)}))
+    return Grid(n, per_unit, counts)
+
+
+def _count_above(weight: torch.Tensor, norms: torch.Tensor, threshold: float) -> int:
+    """#{(i, j): |W_ij| ||X_j|| > threshold}, 4096 rows at a time (float64)."""
+    return sum(int((rows.abs().double() * norms > threshold).sum()) for rows in weight.split(4096))
 
 
 def _propagate_and_release(store, index: int, dense, inputs, device, *, last: bool):
@@ -131,27 +170,31 @@ def _propagate_and_release(store, index: int, dense, inputs, device, *, last: bo
     return inputs
 
 
-def allocate(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu", progress: bool = True,
-             prepass: Optional[tuple[list[str], list[torch.Tensor]]] = None) -> dict[str, float]:
-    """Per-target sparsities ``{key: s_l}`` meeting the recipe's mean sparsity under its allocation rule
-    (``store``: a ``prunekit.models.stores`` block store, or a model object)."""
-    from .. import solve
-    from ..formulations import LayerAllocation
+def _runner_ratio(grid: Grid, count: int) -> float:
+    """count / units, nudged up by ulps where float rounding would make the runner's floor(r n + 1e-9) miss it."""
+    ratio = count / grid.num_units
+    while math.floor(ratio * grid.num_units + 1e-9) < count:
+        ratio = math.nextafter(ratio, 1.0)
+    return ratio
 
+
+def allocation(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu", progress: bool = True,
+               prepass: Optional[list[TargetStats]] = None) -> Allocation:
+    """The recipe's :class:`~prunekit.models.allocation_rules.Allocation` (continuous and realized per-target
+    sparsities, budget and pruned weights) for ``store`` (a block store or a model object)."""
+    stats = prepass or importance_prepass(_as_store(store), recipe, tokens, device=device, progress=progress)
+    return allocate_targets(stats, recipe.allocation, float(recipe.sparsity), temperature=float(recipe.temperature),
+                            max_sparsity=float(recipe.max_sparsity), owl_lambda=float(recipe.owl_lambda),
+                            ratio_of=lambda i, c: _runner_ratio(stats[i].grid, c))
+
+
+def allocate(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu", progress: bool = True,
+             prepass: Optional[list[TargetStats]] = None) -> dict[str, float]:
+    """Per-target sparsities ``{key: s_l}`` meeting the recipe's global budget under its allocation rule
+    (``{}`` for ``uniform``); ``store``: a ``prunekit.models.stores`` block store, or a model object."""
     if recipe.allocation == "uniform":
         return {}
-    store = _as_store(store)
-    keys, vectors = prepass or importance_prepass(store, recipe, tokens, device=device, progress=progress)
-    sizes = torch.tensor([v.numel() for v in vectors], dtype=torch.float64)
-    means = torch.stack([v.mean() for v in vectors])
-    energies = means / means.mean().clamp_min(1e-300)
-    problem = LayerAllocation(
-        sizes=sizes, mean_sparsity=float(recipe.sparsity), energies=energies, rule=recipe.allocation,
-        temperature=float(recipe.temperature), s_max=float(recipe.max_sparsity),
-        scores=tuple(vectors) if recipe.allocation == "global_threshold" else None,
-    )
-    sparsities = solve(problem).weights.double().cpu()
-    return {k: float(s) for k, s in zip(keys, sparsities.tolist())}
+    return allocation(store, recipe, tokens, device=device, progress=progress, prepass=prepass).ratios
 
 
 def _as_store(store):
@@ -208,4 +251,4 @@ def check_ratios(ratios: Mapping[str, Any], store, recipe: Recipe) -> dict[str, 
     return out
 
 
-__all__ = ["allocate", "check_ratios", "importance_prepass", "target_keys"]
+__all__ = ["allocate", "allocation", "check_ratios", "importance_prepass", "target_keys"]

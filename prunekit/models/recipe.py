@@ -7,7 +7,10 @@ A recipe names
 * the **structure**, parsed once into a :class:`~prunekit.models.structure.Structure` (``unstructured``, ``2:4``
   or any ``N:M``, ``channels``), which the method must support;
 * the target **sparsity** (N:M fixes it to n/m: another value is an error) and its **allocation** across layers
-  (``uniform``, or ``softmax`` at ``temperature`` / ``global_threshold`` from dense importance scores, §7.3);
+  (:mod:`prunekit.models.allocation_rules`; every rule meets the global weight budget): ``uniform``; ``softmax`` at
+  ``temperature`` / ``global_threshold`` from dense importance scores (StructPrune, §7.3); ``owl`` (unstructured:
+  outlier-weighted per block, ``owl_m`` = M, ``owl_lambda`` = lambda); ``adaptive`` (channels: FLAP's AL-AM, one
+  threshold on per-target standardized unit scores); ``max_sparsity`` caps every target;
 * for channel methods, whether attention is pruned too (``attention``: ``none`` = MLP channels only,
   ``heads`` = whole heads / GQA groups, ``vo_channels`` = FASP's W_V rows + W_O columns) and the width
   rounding ``round_to`` (kept widths become multiples of it, for fast kernels; the default ``"auto"`` rounds
@@ -44,7 +47,7 @@ from .structure import Structure
 
 VERSION = 2
 
-ALLOCATIONS = ("uniform", "softmax", "global_threshold")
+ALLOCATIONS = ("uniform", "softmax", "global_threshold", "owl", "adaptive")  # prunekit.models.allocation_rules
 ATTENTION = ("none", "heads", "vo_channels")
 MODES = ("auto", "propagated", "sequential", "dense", "dense_sequential")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -128,6 +131,8 @@ class Recipe:
     allocation: str = "uniform"
     temperature: float = 1.0
     max_sparsity: float = 0.95
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
     attention: str = "none"
     backend: str = "auto"
     solver_options: Mapping[str, Any] = field(default_factory=dict)
@@ -196,10 +201,9 @@ class Recipe:
         if not _number(self.sparsity) or not 0 <= self.sparsity < 1:
             raise FormulationError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}. "
                                    f"Fix: the fraction of weights to prune, e.g. 0.5.")
-        _choice("allocation", self.allocation, ALLOCATIONS)
-        if self.allocation != "uniform" and kind == "nm":
-            raise FormulationError(f"allocation={self.allocation!r} cannot change an N:M ratio. "
-                                   f"Fix: use allocation='uniform' with structure={str(self.structure)!r}.")
+        from .allocation_rules import check_allocation
+
+        check_allocation(self.allocation, kind, self.owl_m, self.owl_lambda)
         _choice("attention", self.attention, ATTENTION)
         if self.attention != "none" and kind != "channels":
             raise FormulationError(f"attention={self.attention!r} applies to structure='channels' only. "

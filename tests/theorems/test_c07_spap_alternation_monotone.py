@@ -21,7 +21,7 @@ from prunekit.verification.claims.c07_spap_alternation_monotone import (
 CLAIM = get_claim("C7")
 FIXED_RHO_PROBLEMS = st.builds(
     fixed_rho_problem,
-    pst.toy_layers(m=st.integers(3, 6), n=st.integers(5, 10), conditionings=("well", "correlated", "ill")),
+    pst.toy_layers(m=st.integers(3, 6), n=st.integers(5, 10), conditionings=pst.CONDITIONINGS),
     st.sampled_from(PENALTY_WEIGHTS),
     st.floats(-3.0, 1.0).map(lambda e: 10.0**e),
 )

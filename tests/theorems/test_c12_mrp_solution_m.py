@@ -23,7 +23,7 @@ CLAIM = get_claim("C12")
 
 
 @given(pst.layers_and_specs(m=st.integers(2, 5), n=st.sampled_from((4, 8, 12)), kinds=("unstructured", "nm"), max_m=4,
-                            conditionings=("well", "correlated", "rank_deficient")))
+                            conditionings=pst.CONDITIONINGS))
 def test_claim_c12_holds(instance):
     """Property: Solution M is zero on P, equals the restricted solve, and its loss matches both closed forms."""
     err = check_instance(*instance)

@@ -27,7 +27,7 @@ def as_mask(n, idx):
 
 
 @given(pst.layers_and_specs(m=st.integers(2, 5), n=st.sampled_from((4, 8, 12)), kinds=("unstructured", "nm"), max_m=4,
-                            conditionings=PD),
+                            conditionings=pst.CONDITIONINGS),
        pst.gaussian_arrays(8), pst.index_subsets(8, 2, 7), pst.pd_grams(8, conditioning=PD))
 def test_claim_c13_holds(instance, w, pruned, g):
     """Property: S is feasible, never beats M, and its estimate is exact when H^{-1}_PP is diagonal."""

@@ -25,7 +25,7 @@ CLAIM = get_claim("C14")
 def obs_instances(draw):
     """(layer, unstructured or N:M spec, a removal order: a permutation of range(n))."""
     layer, spec = draw(pst.layers_and_specs(m=st.integers(2, 5), n=st.sampled_from((4, 8, 12)),
-                                            kinds=("unstructured", "nm"), max_m=4, conditionings=("well", "correlated")))
+                                            kinds=("unstructured", "nm"), max_m=4, conditionings=pst.CONDITIONINGS))
     return layer, spec, draw(st.permutations(range(layer.in_features)))
 
 

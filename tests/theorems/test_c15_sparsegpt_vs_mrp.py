@@ -23,7 +23,7 @@ CLAIM = get_claim("C15")
 def sparsegpt_instances(draw):
     """(layer, arbitrary prune-mask, per-row prefix counts, unstructured or N:M spec for the packaged solver)."""
     layer = draw(pst.toy_layers(m=st.integers(2, 5), n=st.sampled_from((4, 8, 12)),
-                                conditionings=("well", "correlated", "ill")))
+                                conditionings=pst.CONDITIONINGS))
     (m, n) = layer.shape
     mask_spec = draw(pst.sparsity_specs(n, kinds=("unstructured",)))
     prune = ~draw(pst.keep_masks(mask_spec, (m, n))).numpy()

@@ -8,6 +8,8 @@ Citation: methods.md §8.2 and §11 C20; Sun et al. (Wanda, ICLR 2024).
 Claim id: C20.
 """
 
+from dataclasses import replace
+
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,9 +25,12 @@ CLAIM = get_claim("C20")
 # orthogonal feature columns (G diagonal), no damping, zero-mean shift (a shift would correlate the features)
 ORTHOGONAL = pst.layers_and_specs(m=st.integers(2, 6), n=st.sampled_from((4, 8, 12)), kinds=("unstructured", "nm"),
                                   max_m=4, conditionings=("orthogonal",), damping=0.0, mean_shift=0.0, with_bias=False)
+# G = c I with quantized weights: Wanda and OBS scores tie, so both must break ties the same way
+TIED = pst.tied_layers(m=st.integers(2, 6), n=st.sampled_from((4, 8, 12))).map(lambda l: replace(l, damping=0.0)).flatmap(
+    lambda l: st.tuples(st.just(l), pst.sparsity_specs(l.in_features, kinds=("unstructured", "nm"), max_m=4)))
 
 
-@given(ORTHOGONAL)
+@given(ORTHOGONAL | TIED)
 def test_claim_c20_holds(instance):
     """Property: with diagonal G, Wanda^2 = OBS saliency, the masks agree, and restoration changes nothing."""
     err = check_instance(*instance)

@@ -45,7 +45,8 @@ def solution_m(layer, prune: np.ndarray) -> np.ndarray:
 
 def check_instance(layer, prune: np.ndarray, prefix_counts, spec) -> float:
     """C15's error on ``layer``: raises if SparseGPT beats Solution M on the prune-mask ``prune`` (m x n bool)
-    or the packaged SparseGPT solver (on ``spec``) beats Solution M on its own mask; returns the relative loss
+    or the packaged SparseGPT solver (on ``spec``, any unstructured or N:M spec) beats Solution M on its own
+    mask; returns the relative loss
     gap for the prefix masks that prune the first ``prefix_counts[i]`` columns of row i (should be 0)."""
     w, h = layer.weight.numpy(), layer.damped_gram().numpy()
     n = w.shape[1]
@@ -59,8 +60,9 @@ def check_instance(layer, prune: np.ndarray, prefix_counts, spec) -> float:
     l1 = damped_loss(w, sparsegpt_fixed_mask(w, prefix, h), h)
     l2 = damped_loss(w, solution_m(layer, prefix), h)
     err = float(np.max(np.abs(l1 - l2) / np.maximum(1.0, l2)))
-    # the packaged solver, on its own mask, is dominated by Solution M on that mask
-    sol = solve(SparseGPTPruning(layer, spec), backend="torch", dtype="float64")
+    # the packaged solver, on its own mask, is dominated by Solution M on that mask (block: a multiple of M near 128)
+    block = 128 // spec.m * spec.m if isinstance(spec, NM) else 128
+    sol = solve(SparseGPTPruning(layer, spec, block_size=block), backend="torch", dtype="float64")
     own = ~sol.mask.numpy()
     if np.sum(damped_loss(w, sol.weights.numpy(), h)) < np.sum(damped_loss(w, solution_m(layer, own), h)) * (1 - 1e-9) - 1e-12:
         raise VerificationError("the SparseGPT solver beat Solution M on its own mask")
