@@ -458,6 +458,31 @@ def _note_padding(b: _Builder, what: str, widths: list[int], target: int) -> Non
 _FAMILY_BUILDERS = {"llama": _llama_like, "gemma": _llama_like, "opt": _opt, "gpt2": _gpt2}
 
 
+def _generic_widths(b: _Builder) -> None:
+    """A model with no family rules (generic adapter) whose MLP channels were pruned to one uniform width: find the
+    config field that holds the MLP width (an int field equal to the groups' original unit count, e.g.
+    ``intermediate_size`` / ``ffn_hidden_size``) and set it to the kept width -- kept only if the stock class then
+    has exactly the written shapes (checked below, like every stock layout).  Anything else stays as is (and the
+    stock check decides)."""
+    groups = [g for i in range(len(b.adapter.blocks(b.model))) for g in b.adapter.coupled_groups(b.model, i)
+              if g.kind in ("glu_channel", "ffn_channel")]
+    if not groups:
+        return
+    originals = {g.num_units for g in groups}
+    kept = {int(b.adapter.get_weight(b.model.get_submodule(g.downstream)).shape[1]) for g in groups}
+    if len(originals) != 1 or len(kept) != 1 or originals == kept:
+        return
+    (old,), (new,) = originals, kept
+    shapes = _written_shapes(b.model, b.specs, _tied_duplicates(b.model))
+    for key, value in list(b.config.items()):
+        if isinstance(value, int) and not isinstance(value, bool) and value == old:
+            trial = dict(b.config, **{key: new})
+            if _check_against_stock(trial, shapes) is None:
+                b.set_config(key, new)
+                b.notes.append(f"{key} = {new} (MLP channels kept of {old}; found by checking the stock class).")
+                return
+
+
 def _tied_duplicates(model: nn.Module) -> frozenset:
     if not getattr(model.config, "tie_word_embeddings", False):
         return frozenset()
@@ -528,7 +553,7 @@ def stock_layout(model: nn.Module) -> StockLayout:
     if b.rules is None and b.adapter.name != "generic":
         b.blockers.append(f"prunekit knows no stock layout rules for model_type {b.model_type!r}.")
     elif b.rules is None:
-        pass  # generic adapter (unstructured / N:M only): shapes unchanged, checked against the stock class below
+        _generic_widths(b)  # generic adapter: the config field of a uniform MLP width, found by checking stock
     else:
         _FAMILY_BUILDERS[b.adapter.name](b)
     if not b.blockers:

@@ -222,6 +222,8 @@ def prune_block(store, index: int, block: nn.Module, inputs, recipe: Recipe, *, 
         dense = as_compute(block, device, dtype)
         if inputs is not None and hasattr(adapter, "trace") and adapter.traced(dense) is None:
             adapter.trace(dense, inputs, device=device)  # generic adapter: stages by shared input, traced once
+        if recipe.structure.kind == "channels" and hasattr(adapter, "derive_groups_"):
+            adapter.derive_groups_(model, index, inputs)  # generic adapter: groups from the dependency probe
         work = copy.deepcopy(dense) if sequential else dense  # receives the solutions (sequential X*)
         targets = block_targets(model, adapter, index, dense, recipe)
         stages = adapter.stages(dense) if sequential else [[t.rel for t in targets]]

@@ -88,13 +88,13 @@ def test_any_causal_lm_prunes_from_the_cli_and_reloads_stock(workdir, family, st
     assert torch.isfinite(logits).all()
 
 
-def test_channels_on_a_model_without_family_adapter_is_one_clear_error(workdir, capsys):
-    out = workdir / "channels-phi3"
-    code = main(["prune", "--model", str(_folder(workdir, "phi3")), "--calib", str(workdir / "calib.txt"),
+def test_channels_on_moe_experts_is_one_clear_error(workdir, capsys):
+    out = workdir / "channels-mixtral"
+    code = main(["prune", "--model", str(_folder(workdir, "mixtral")), "--calib", str(workdir / "calib.txt"),
                  "--nsamples", "2", "--seqlen", "8", "--out", str(out), "--no-progress", "--method", "fasp",
                  "--structure", "channels", "--sparsity", "0.3"])
     err = capsys.readouterr().err
-    assert code != 0 and "channels" in err and "Fix:" in err and "Traceback" not in err
+    assert code != 0 and "channels" in err and "experts" in err and "Fix:" in err and "Traceback" not in err
     assert not out.exists()
 
 
@@ -108,3 +108,36 @@ def test_targets_and_ignore_patterns_choose_the_modules(workdir):
     report2 = _prune(workdir, "phi3", out2, "--method", "wanda", "--targets", "mlp.down_proj")
     assert {r["module"].rsplit(".", 2)[-2] + "." + r["module"].rsplit(".", 1)[-1] for r in report2["layers"]} == \
         {"mlp.down_proj"}
+
+
+@pytest.mark.parametrize("family", ["phi3", "gpt_neox", "falcon"])
+def test_mlp_channels_from_derived_groups_are_physically_removed_and_reload_stock(workdir, family):
+    """Property: with no family adapter, the groups derived from the block's computation (fused gate_up of Phi-3,
+    parallel blocks of GPT-NeoX and Falcon) prune MLP channels physically; the stock-loaded output equals the dense
+    model with the pruned columns zeroed and the kept columns restored (the masked model)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    out = workdir / f"channels-{family}"
+    report = _prune(workdir, family, out, "--method", "fasp", "--structure", "channels", "--sparsity", "0.3")
+    assert report["output_format"] == "stock" and report["params_after"] < report["params_before"]
+    plan = json.loads((out / "plan" / "plan.json").read_text())
+    dense = AutoModelForCausalLM.from_pretrained(_folder(workdir, family)).eval()
+    pruned = AutoModelForCausalLM.from_pretrained(out).eval()  # stock loader
+    masked = copy.deepcopy(dense)
+    assert report["layers"]
+    for record in report["layers"]:
+        kept = plan["group_edits"][record["group"]]["kept_units"]  # MLP units are single columns
+        old = masked.get_submodule(record["module"]).weight
+        new = pruned.get_submodule(record["module"]).weight
+        assert new.shape[1] == len(kept) < old.shape[1]
+        full = torch.zeros_like(old)
+        full[:, kept] = new
+        with torch.no_grad():
+            old.copy_(full)
+    x = torch.randint(0, dense.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a, b = pruned(input_ids=x).logits, masked(input_ids=x).logits
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -385,12 +385,16 @@ class GenericAdapter(FamilyAdapter):
 
     name = "generic"
     model_types = ()  # never matched by type: adapter_for falls back to it
-    structures = frozenset({"unstructured", "nm"})
+    structures = frozenset({"unstructured", "nm", "channels"})
+    channel_kinds = ("glu_channel", "ffn_channel", "vo_channel")
+    """Coupled groups the generic adapter prunes: MLP channels and V/O channels change only linear widths (no
+    module attribute or config field the forward reads); whole heads need a family's head-count fix-up."""
 
     def __init__(self, model_type: Optional[str] = None):
         self.model_type = model_type
         self._paths: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
         self._traces: dict[tuple, BlockTrace] = {}
+        self._groups: "weakref.WeakKeyDictionary[nn.Module, dict[int, list]]" = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ layout
     def block_path(self, model: nn.Module) -> str:
@@ -460,10 +464,30 @@ class GenericAdapter(FamilyAdapter):
         if kind not in self.structures:
             raise self.structure_error(kind)
 
+    def derive_groups_(self, model: nn.Module, index: int, sample_inputs=None) -> list:
+        """Derive block ``index``'s coupled groups from its computation (``prunekit.models.coupling``: the
+        dependency probe) and keep those of :attr:`channel_kinds` for :meth:`coupled_groups`; returns them.
+
+        Raises ModelError for a block with mixture-of-experts weights (channels inside experts would give experts
+        of different widths, which transformers' fused expert parameters cannot hold)."""
+        from ..coupling import derive_groups
+        from .experts import LinearExperts
+
+        block = self.blocks(model)[index]
+        if any(isinstance(m, LinearExperts) for m in block.modules()) or any(
+                p.dim() >= 3 for p in block.parameters()):
+            raise ModelError(f"structure 'channels' on block {index}: it holds mixture-of-experts weights, and "
+                             f"channels removed inside experts would leave experts of different widths, which the "
+                             f"fused expert parameters cannot hold. Fix: prune this model with structure "
+                             f"'unstructured' or an N:M pattern such as '2:4'.")
+        groups = [g for g in derive_groups(model, self, index, sample_inputs) if g.kind in self.channel_kinds]
+        self._groups.setdefault(model, {})[index] = groups
+        return groups
+
     def coupled_groups(self, model: nn.Module, index: int) -> list:
-        """None known: ``[]`` (surgery asks every adapter; unstructured / N:M edits need no group).  Channel runs
-        must call :meth:`check_structure` first, which raises the clear error."""
-        return []
+        """The groups :meth:`derive_groups_` derived for block ``index`` (the runner derives them before a channel
+        run solves the block), else ``[]`` (unstructured / N:M edits need no group)."""
+        return list(self._groups.get(model, {}).get(index, []))
 
 
 _ADAPTERS: "weakref.WeakKeyDictionary[nn.Module, GenericAdapter]" = weakref.WeakKeyDictionary()
