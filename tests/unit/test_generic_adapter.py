@@ -138,16 +138,23 @@ def test_a_model_without_block_list_and_non_causal_models_are_refused():
         adapter_for("phi3")  # a type name alone: the generic adapter needs the model
 
 
-def test_channels_raise_one_clear_error_naming_the_fix():
+def test_channel_groups_come_from_the_dependency_probe_and_moe_blocks_refuse_them():
     m = tiny_model("phi3")
     adapter = adapter_for(m)
-    adapter.check_structure("unstructured")
-    adapter.check_structure("nm")
-    assert adapter.coupled_groups(m, 0) == []
-    with pytest.raises(ModelError) as info:
-        adapter.check_structure("channels")
-    msg = str(info.value)
-    assert "'phi3'" in msg and "coupled groups" in msg and "Fix:" in msg and "'2:4'" in msg and "llama" in msg
+    for kind in ("unstructured", "nm", "channels"):
+        adapter.check_structure(kind)
+    with pytest.raises(ModelError, match="Fix:"):
+        adapter.check_structure("heads")
+    assert adapter.coupled_groups(m, 0) == []  # nothing derived yet: unstructured plans need no group
+    groups = adapter.derive_groups_(m, 0, TOKENS[:1])
+    assert adapter.coupled_groups(m, 0) == groups
+    assert {g.kind for g in groups} <= set(adapter.channel_kinds)
+    glu = next(g for g in groups if g.kind == "glu_channel")
+    assert glu.downstream == "model.layers.0.mlp.down_proj" and glu.num_units == 64
+    assert glu.upstream["model.layers.0.mlp.gate_up_proj"][3] == (3, 67)  # fused [gate; up]: rows u and u + I
+    moe = tiny_model("mixtral")
+    with pytest.raises(ModelError, match="experts.*Fix:"):
+        generic_adapter(moe).derive_groups_(moe, 0, TOKENS[:1])
 
 
 # ---------------------------------------------------------------------------------------------- MoE
