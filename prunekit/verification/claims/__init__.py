@@ -4,8 +4,12 @@ A claim is a function ``check(rng) -> float`` that draws one random toy instance
 ``Generator`` ``rng``, tests the statement on it, and returns the *error* observed (0 when the statement
 holds exactly; compared against the claim's ``tolerance``).  A check raises
 :class:`~prunekit.errors.VerificationError` when the statement fails qualitatively (e.g. a heuristic beats a
-proven optimum).  The same function serves ``prunekit verify`` (fixed seeds) and the property tests in
-``tests/theorems/test_cNN_*.py`` (hypothesis-drawn seeds, plus strategy-based properties).
+proven optimum).  ``check(rng)`` serves ``prunekit verify`` (fixed seeds).  Each claim module also exposes the
+statement on a *given* instance -- ``check_instance(...)`` (or named parts such as ``relaxation_errors_for``)
+taking layers, specs, masks and hyperparameters -- and ``check(rng)`` is that function applied to an instance
+drawn from ``rng``.  The property tests in ``tests/theorems/test_cNN_*.py`` draw their instances from
+:mod:`prunekit.verification.strategies` and call the instance functions, so hypothesis can shrink failures
+and aim at ties and ill-conditioning (never an opaque integer seed; ``tests/meta`` enforces it).
 
 Claim modules live next to this file as ``cNN_<name>.py`` and register themselves::
 
