@@ -15,6 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 
+HIGHS_TIGHT = {"dual_feasibility_tolerance": 1e-10, "primal_feasibility_tolerance": 1e-10}
+"""HiGHS options of every prunekit LP reference: its tightest feasibility tolerances."""
+
+
 def lp_s_step(c, k: int) -> tuple[np.ndarray, float]:
     """Solve the s-step LP with HiGHS; returns ``(s (n,), optimal value)``.
 
@@ -28,7 +32,10 @@ def lp_s_step(c, k: int) -> tuple[np.ndarray, float]:
         raise ValueError(f"k must lie in [0, {n}], got {k}.")
     if not np.all(np.isfinite(c)):
         raise ValueError("the LP costs c contain NaN/Inf.")
-    res = linprog(c, A_eq=np.ones((1, n)), b_eq=[float(k)], bounds=[(0.0, 1.0)] * n, method="highs")
+    # HiGHS' default feasibility tolerances (1e-7) accept a vertex 1e-7 above the optimum (c = [1e-7, 0, 0], k = 1
+    # returns 1e-7); its tightest (1e-10) make the reference exact to the tolerance conformance checks
+    res = linprog(c, A_eq=np.ones((1, n)), b_eq=[float(k)], bounds=[(0.0, 1.0)] * n, method="highs",
+                  options=HIGHS_TIGHT)
     if res.status != 0:
         raise RuntimeError(f"linprog(highs) failed on the s-step LP: {res.message}")
     return np.asarray(res.x, dtype=np.float64), float(res.fun)
