@@ -86,7 +86,8 @@ class SparseGPTPruning(Formulation):
         if isinstance(self.sparsity, NM) and self.block_size % self.sparsity.m:
             raise FormulationError(
                 f"block_size {self.block_size} must be a multiple of M = {self.sparsity.m} for N:M sparsity "
-                f"(groups must not straddle blocks). Fix: e.g. block_size=128."
+                f"(groups must not straddle blocks). Fix: e.g. block_size="
+                f"{max(self.sparsity.m, 128 // self.sparsity.m * self.sparsity.m)}."
             )
         if self.percdamp is not None and not (isinstance(self.percdamp, (int, float)) and math.isfinite(self.percdamp)
                                               and self.percdamp >= 0):
