@@ -69,6 +69,9 @@ class FLAPRemoval(Formulation):
     method_name: ClassVar[str] = "flap"
     column_score: ClassVar[str] = "wifv"
     statistics: ClassVar[frozenset] = frozenset({"norms", "mean"})
+    calibration_mode: ClassVar[str] = "dense"
+    """FLAP's own protocol (CASIA-IVA-Lab/FLAP ``prune_flap``): every layer's statistics come from the dense model
+    (the original outputs feed the next layer), one forward per block."""
 
     def validate(self) -> None:
         if not isinstance(self.sparsity, Channels):

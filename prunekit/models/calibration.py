@@ -232,21 +232,27 @@ def forward_block(block: nn.Module, inputs: BlockInputs, *, device, storage="cpu
     out: list[torch.Tensor] = []
     with torch.no_grad():
         for group in window_batches(inputs, device, batch_tokens):
-            ys = _call(block, inputs, group, device, dtype).detach()
-            for k, i in enumerate(group):
-                y = ys[k:k + 1]
-                real = inputs.real_tokens(i)
-                if real is not None:
-                    y = torch.where(real.to(y.device).reshape(1, -1, 1), y,
-                                    torch.zeros((), dtype=y.dtype, device=y.device))
-                out.append(y.to(storage).clone() if len(group) > 1 else y.to(storage))
+            out.extend(_window_outputs(_call(block, inputs, group, device, dtype).detach(), inputs, group, storage))
     return inputs.with_hidden(out)
+
+
+def _window_outputs(ys: torch.Tensor, inputs: BlockInputs, group: list[int], storage) -> list[torch.Tensor]:
+    """The per-window block outputs (1, L, d) of a batched call, on ``storage``, padded positions set to 0."""
+    out = []
+    for k, i in enumerate(group):
+        y = ys[k:k + 1]
+        real = inputs.real_tokens(i)
+        if real is not None:
+            y = torch.where(real.to(y.device).reshape(1, -1, 1), y, torch.zeros((), dtype=y.dtype, device=y.device))
+        out.append(y.to(storage).clone() if len(group) > 1 else y.to(storage))
+    return out
 
 
 def collect_grams(block: nn.Module, inputs: BlockInputs, names: list[str], *, device,
                   gram_dtype: Optional[torch.dtype] = None, star_block: Optional[nn.Module] = None,
                   early_stop: bool = True, diagonal: bool = False, batch_tokens: Optional[int] = None,
-                  allow_unreached: bool = False) -> dict[str, GramAccumulator]:
+                  allow_unreached: bool = False, outputs: Optional[list] = None,
+                  storage="cpu") -> dict[str, GramAccumulator]:
     """Gram accumulators of the block's linear modules ``names`` (relative), one pass over the windows.
 
     Parameters
@@ -262,12 +268,15 @@ def collect_grams(block: nn.Module, inputs: BlockInputs, names: list[str], *, de
     allow_unreached : a module that gets no input in a window (an MoE expert no token of it was routed to) is
         skipped for that window instead of raising; one that never gets any keeps ``num_tokens == 0``.  Early
         stopping is off then (the hooks cannot know which experts a window reaches).
+    outputs : a list that receives block(X_l) of every window (on ``storage``, padded positions zeroed, as
+        :func:`forward_block` gives them): the same pass then yields the next block's dense inputs (the ``dense``
+        mode's stream), so a dense-input run makes one forward per block instead of two.  Early stopping is off.
     """
     device = torch.device(device)
     gram_dtype = gram_dtype or (torch.float32 if device.type == "cuda" else torch.float64)
     dtype = next(block.parameters()).dtype
     track = star_block is not None
-    early_stop = early_stop and not allow_unreached
+    early_stop = early_stop and not allow_unreached and outputs is None
     modules = {n: block.get_submodule(n) for n in names}
     accs = {n: GramAccumulator(in_features(m), dtype=gram_dtype, device=device, track_star=track,
                                diagonal=diagonal) for n, m in modules.items()}
@@ -281,12 +290,14 @@ def collect_grams(block: nn.Module, inputs: BlockInputs, names: list[str], *, de
             return hook
         return hook_for
 
-    def run(model_block: nn.Module, group: list[int]) -> dict[str, torch.Tensor]:
+    def run(model_block: nn.Module, group: list[int], keep: Optional[list] = None) -> dict[str, torch.Tensor]:
         store: dict[str, torch.Tensor] = {}
         rec = make_recorder(store, len(names))
         handles = [model_block.get_submodule(n).register_forward_pre_hook(rec(n)) for n in names]
         try:
-            _call(model_block, inputs, group, device, dtype)
+            ys = _call(model_block, inputs, group, device, dtype)
+            if keep is not None:
+                keep.extend(_window_outputs(ys.detach(), inputs, group, storage))
         except _StopForward:
             pass
         finally:
@@ -296,7 +307,7 @@ def collect_grams(block: nn.Module, inputs: BlockInputs, names: list[str], *, de
 
     with torch.no_grad():
         for group in window_batches(inputs, device, batch_tokens):
-            dense = run(block, group)
+            dense = run(block, group, outputs)
             star = run(star_block, group) if track else {}
             real = inputs.real_tokens(group[0])  # None for a batch of several windows
             for n in names:

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..distributed import SINGLE, current
 from ..errors import ModelError
-from .calibration import CalibrationSet, NoStatistics, capture_block_inputs, collect_grams, forward_block
+from .calibration import BlockInputs, CalibrationSet, NoStatistics, capture_block_inputs, collect_grams, forward_block
 from .families.experts import fuse_experts_, unfuse_experts_
 from .families.generic import unrouted_solution
 from .linear_layers import linear_kind
@@ -196,7 +196,7 @@ def solve_cost(module: nn.Module, adapter) -> int:
 
 
 def _statistics(recipe: Recipe, dense: nn.Module, work: Optional[nn.Module], inputs, targets: list[Target], adapter,
-                device) -> dict:
+                device, outputs: Optional[list] = None) -> dict:
     """The statistics the method declares for each target of a stage (``Method.statistics_basis``): the full Gram
     (with G* and X X*^T in the sequential modes), its diagonal alone, or none at all (no forward pass)."""
     names = [t.rel for t in targets]
@@ -204,16 +204,19 @@ def _statistics(recipe: Recipe, dense: nn.Module, work: Optional[nn.Module], inp
     if basis == "none":
         return {n: NoStatistics(adapter.get_weight(dense.get_submodule(n)).shape[1]) for n in names}
     return collect_grams(dense, inputs, names, device=device, star_block=work, diagonal=basis == "diagonal",
-                         gram_dtype=recipe.method.statistics_dtype, allow_unreached=adapter.name == "generic")
+                         gram_dtype=recipe.method.statistics_dtype, allow_unreached=adapter.name == "generic",
+                         outputs=outputs)
 
 
 def prune_block(store, index: int, block: nn.Module, inputs, recipe: Recipe, *, device, dtype,
-                ratios: Optional[dict[str, float]], ctx=SINGLE) -> tuple[PruningPlan, nn.Module]:
+                ratios: Optional[dict[str, float]], ctx=SINGLE,
+                outputs: Optional[list] = None) -> tuple[PruningPlan, nn.Module]:
     """Solve every target of one block; returns the block's plan (edits in the block's dtype) and the dense copy.
 
     With a distributed ``ctx`` (``prunekit.distributed``) ``inputs`` are this rank's windows; the statistics are
     summed over ranks, the targets solved in parallel and their solutions broadcast, so every rank returns the
-    same plan.
+    same plan.  ``outputs`` (a list, ``dense`` mode): receives the dense block's outputs from the statistics pass,
+    the next block's inputs, so no second forward is needed.
     """
     model, adapter = store.model, store.adapter
     sequential = recipe.mode.endswith("sequential")
@@ -242,7 +245,7 @@ def prune_block(store, index: int, block: nn.Module, inputs, recipe: Recipe, *, 
         if not stage_targets:
             continue
         accs = ctx.checked(_statistics, recipe, dense, work if sequential else None, inputs, stage_targets, adapter,
-                           device)
+                           device, outputs if len(stages) == 1 else None)
         costs = [solve_cost(dense.get_submodule(t.rel), adapter) for t in stage_targets]
         for target, outcome in _stage_outcomes(ctx, stage_targets, accs, solve, costs):
             out.records.append(outcome.record)
@@ -316,10 +319,15 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
         block = ctx.checked(store.load, index)
         if store.adapter.name == "generic":  # fused MoE experts -> one linear pair per expert (fused back below)
             unfuse_experts_(block)
+        # dense mode: the statistics pass runs the whole dense block and its outputs are the next inputs (one
+        # forward per block, as FLAP's reference does)
+        dense_outputs = [] if recipe.mode == "dense" and calibrated and not last else None
         block_plan, dense = prune_block(store, index, block, inputs, recipe, device=device, dtype=dtype,
-                                        ratios=ratios, ctx=ctx)
-
-        stream = dense if dense_inputs else None  # None: propagate through the pruned block
+                                        ratios=ratios, ctx=ctx, outputs=dense_outputs)
+        if dense_outputs:
+            stream = inputs.with_hidden(dense_outputs)
+        else:
+            stream = dense if dense_inputs else None  # None: propagate through the pruned block
         inputs = ctx.checked(_commit, store, sink, index, block_plan, stream, inputs, last, device, dtype, storage)
         fuse_experts_(block)
         del dense, block
@@ -350,7 +358,9 @@ def _commit(store, sink, index: int, block_plan: PruningPlan, stream, inputs, la
     distributed) and release the block.  Returns the next block's inputs."""
     pruned = pruned_block(store.model, store.adapter, index, block_plan)
     fuse_experts_(pruned)  # the stock layout of fused MoE experts (a no-op for every other block)
-    if not last and inputs is not None:
+    if isinstance(stream, BlockInputs):  # the next inputs, computed by the statistics pass (dense mode)
+        inputs = stream
+    elif not last and inputs is not None:
         stream = stream if stream is not None else as_compute(pruned, device, dtype)
         inputs = forward_block(stream, inputs, device=device, storage=storage)
     sink.commit(store, index, pruned, block_plan)

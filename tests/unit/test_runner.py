@@ -223,3 +223,30 @@ def test_weightless_plan_is_refused_rather_than_replayed_as_a_no_op(tmp_path, to
                             tokens, progress=False)
     with pytest.raises(PrunekitError, match="cannot be replayed"):  # a prune() plan records, it does not replay
         prunekit.apply_(copy.deepcopy(model), result.plan)
+
+
+def test_dense_mode_takes_the_next_inputs_from_the_statistics_pass(tokens, monkeypatch):
+    """Property: in ``dense`` mode (FLAP's protocol) the statistics pass runs the whole dense block and its outputs
+    are the next block's inputs -- no second forward -- with the same result as a separate dense forward."""
+    from prunekit.models import runner
+
+    model = tiny("llama")
+    r = recipe(method="flap", structure="channels", sparsity=0.3, mode="dense")
+    calls = []
+    original_forward = runner.forward_block
+    monkeypatch.setattr(runner, "forward_block", lambda *a, **k: calls.append(1) or original_forward(*a, **k))
+    fused = prunekit.plan(model, r, tokens, progress=False)
+    assert calls == []  # no propagation forward at all
+    original_collect = runner.collect_grams
+
+    def without_outputs(*args, **kwargs):
+        kwargs["outputs"] = None  # the statistics pass keeps nothing: the runner forwards the dense block again
+        return original_collect(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "collect_grams", without_outputs)
+    separate = prunekit.plan(model, r, tokens, progress=False)
+    assert calls  # the separate dense forward ran
+    assert [x.objective for x in fused.records] == pytest.approx([x.objective for x in separate.records], rel=1e-6)
+    assert fused.group_edits.keys() == separate.group_edits.keys()
+    for name, edit in fused.group_edits.items():
+        assert edit.kept_units == separate.group_edits[name].kept_units
