@@ -95,7 +95,7 @@ def importance_prepass(store, recipe: Recipe, tokens: torch.Tensor, *, device="c
                  for t, owner in zip(targets, owners)]
         if recipe.allocation == "owl":
             threshold = recipe.owl_m * sum(s.score_sum for s in block) / max(1, sum(s.num_scores for s in block))
-            counts = ctx.checked(lambda: {rel: _count_above(*extra, threshold) for rel, (_, extra) in mine.items()})
+            counts = ctx.checked(_outlier_counts, mine, threshold)
             block = [dataclasses.replace(s, outliers=int(ctx.broadcast(counts.get(t.rel), src=owner)))
                      for s, t, owner in zip(block, targets, owners)]
         del mine
@@ -158,9 +158,10 @@ def _group_grid(dense, adapter, target, weight: torch.Tensor, round_to) -> Grid:
     return Grid(n, per_unit, counts)
 
 
-def _count_above(weight: torch.Tensor, norms: torch.Tensor, threshold: float) -> int:
-    """#{(i, j): |W_ij| ||X_j|| > threshold}, 4096 rows at a time (float64)."""
-    return sum(int((rows.abs().double() * norms > threshold).sum()) for rows in weight.split(4096))
+def _outlier_counts(mine: dict, threshold: float) -> dict[str, int]:
+    """``{rel: #{(i, j): |W_ij| ||X_j|| > threshold}}`` of this rank's targets, 4096 rows at a time (float64)."""
+    return {rel: sum(int((rows.abs().double() * norms > threshold).sum()) for rows in weight.split(4096))
+            for rel, (_, (weight, norms)) in mine.items()}
 
 
 def _propagate_and_release(store, index: int, dense, inputs, device, *, last: bool):
