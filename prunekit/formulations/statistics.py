@@ -27,6 +27,8 @@ catches every non-finite input without scanning each activation batch.
 
 from __future__ import annotations
 
+import copy as _copy
+
 from typing import Optional
 
 import torch
@@ -102,6 +104,14 @@ class GramAccumulator:
         elif inputs_star is not None:
             raise ShapeError("inputs_star given but the accumulator was created with track_star=False.")
         self.num_tokens += int(x.shape[0])
+
+    def copy(self) -> "GramAccumulator":
+        """An independent accumulator holding the same sums (tensors cloned)."""
+        twin = _copy.copy(self)
+        for name in ("gram", "sum", "gram_star", "cross_gram"):
+            value = getattr(self, name)
+            setattr(twin, name, None if value is None else value.clone())
+        return twin
 
     @property
     def mean(self) -> torch.Tensor:

@@ -284,7 +284,7 @@ def collect_grams(block: nn.Module, inputs: BlockInputs, names: list[str], *, de
     def make_recorder(store: dict[str, torch.Tensor], want: int):
         def hook_for(name: str):
             def hook(module, args):
-                store[name] = args[0].detach()
+                store[name] = args[0]  # the object itself (no grad here): modules fed the same tensor share sums
                 if early_stop and len(store) == want:
                     raise _StopForward
             return hook
@@ -305,16 +305,32 @@ def collect_grams(block: nn.Module, inputs: BlockInputs, names: list[str], *, de
                 hd.remove()
         return store
 
+    # Modules fed the very same tensor (q/k/v, gate/up) share one accumulation: ``alias[n] = source`` while n's
+    # input has been its source's in every call so far; a call that breaks this gives n a copy of the source's sums
+    # (which are then exactly n's) before anything of that call is added.  Aliases get their copies at the end.
+    alias: dict[str, str] = {}
     with torch.no_grad():
-        for group in window_batches(inputs, device, batch_tokens):
+        for number, group in enumerate(window_batches(inputs, device, batch_tokens)):
             dense = run(block, group, outputs)
             star = run(star_block, group) if track else {}
             real = inputs.real_tokens(group[0])  # None for a batch of several windows
+            present = []
             for n in names:
                 if n not in dense or (track and n not in star):
                     if allow_unreached:
                         continue
                     raise RuntimeError(f"module {n!r} received no input during calibration; check the adapter stages.")
+                present.append(n)
+            same_as = _same_input(present, dense, star if track else None)
+            for n, source in list(alias.items()):
+                if same_as.get(n) != source:
+                    accs[n] = accs[source].copy()
+                    del alias[n]
+            if number == 0:
+                alias = dict(same_as)
+            for n in present:
+                if n in alias:
+                    continue
                 x, xs = dense[n], star.get(n) if track else None
                 if xs is not None and xs.shape != x.shape:
                     raise ModelError(
@@ -326,7 +342,23 @@ def collect_grams(block: nn.Module, inputs: BlockInputs, names: list[str], *, de
                     x = _real_rows(x, real, n)
                     xs = None if xs is None else _real_rows(xs, real, n)
                 accs[n].update(x, xs)
+    for n, source in alias.items():
+        accs[n] = accs[source].copy()
     return accs
+
+
+def _same_input(names: list[str], dense: dict[str, torch.Tensor],
+                star: Optional[dict[str, torch.Tensor]]) -> dict[str, str]:
+    """``{name: first earlier name that received the identical tensor(s)}`` for one call (object identity)."""
+    first: dict[tuple[int, int], str] = {}
+    same: dict[str, str] = {}
+    for n in names:
+        key = (id(dense[n]), id(star[n]) if star is not None else 0)
+        if key in first:
+            same[n] = first[key]
+        else:
+            first[key] = n
+    return same
 
 
 class NoStatistics:

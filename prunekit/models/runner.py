@@ -46,7 +46,7 @@ from .methods import group_spec, kept_units_from_solution
 from .plan import GroupEdit, ModuleEdit, PruningPlan
 from .recipe import Recipe
 from .records import LayerRecord, versions
-from .memory import release_memory
+from .memory import long_lived_frozen, release_memory
 from .sinks import as_compute
 from .surgery import pruned_block
 
@@ -307,40 +307,41 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
         from tqdm.auto import tqdm
 
         bar = iterator = tqdm(iterator, desc=f"prunekit {recipe.method.name} {recipe.structure}", unit="block")
-    for index in iterator:
-        t0 = time.perf_counter()
-        last = index + 1 == len(store)
-        if index < sink.resume_from:  # committed by an earlier (killed) run: only propagate through it
-            committed = None
-            if not last and calibrated:
-                committed = ctx.checked(store.load, index) if dense_inputs else sink.committed(store, index)
-            inputs = ctx.checked(_propagate_and_release, store, index, committed, inputs, device, dtype, storage)
-            continue
-        block = ctx.checked(store.load, index)
-        if store.adapter.name == "generic":  # fused MoE experts -> one linear pair per expert (fused back below)
-            unfuse_experts_(block)
-        # dense mode: the statistics pass runs the whole dense block and its outputs are the next inputs (one
-        # forward per block, as FLAP's reference does)
-        dense_outputs = [] if recipe.mode == "dense" and calibrated and not last else None
-        block_plan, dense = prune_block(store, index, block, inputs, recipe, device=device, dtype=dtype,
-                                        ratios=ratios, ctx=ctx, outputs=dense_outputs)
-        if dense_outputs:
-            stream = inputs.with_hidden(dense_outputs)
-        else:
-            stream = dense if dense_inputs else None  # None: propagate through the pruned block
-        inputs = ctx.checked(_commit, store, sink, index, block_plan, stream, inputs, last, device, dtype, storage)
-        fuse_experts_(block)
-        del dense, block
-        release_memory(device)
-        elapsed = time.perf_counter() - t0
-        objective = sum(r.objective for r in block_plan.records)
-        if ctx.is_main:
-            log.info("block %d: objective %.6g, %d problems, %.2fs", index, objective, len(block_plan.records),
-                     elapsed)
-        if bar is not None:
-            bar.set_postfix(objective=f"{objective:.4g}", time=f"{elapsed:.1f}s")
-        if on_block is not None:
-            on_block(index, elapsed)
+    with long_lived_frozen():  # each block's gc.collect walks only what the run allocates
+        for index in iterator:
+            t0 = time.perf_counter()
+            last = index + 1 == len(store)
+            if index < sink.resume_from:  # committed by an earlier (killed) run: only propagate through it
+                committed = None
+                if not last and calibrated:
+                    committed = ctx.checked(store.load, index) if dense_inputs else sink.committed(store, index)
+                inputs = ctx.checked(_propagate_and_release, store, index, committed, inputs, device, dtype, storage)
+                continue
+            block = ctx.checked(store.load, index)
+            if store.adapter.name == "generic":  # fused MoE experts -> one linear pair per expert (fused back below)
+                unfuse_experts_(block)
+            # dense mode: the statistics pass runs the whole dense block and its outputs are the next inputs (one
+            # forward per block, as FLAP's reference does)
+            dense_outputs = [] if recipe.mode == "dense" and calibrated and not last else None
+            block_plan, dense = prune_block(store, index, block, inputs, recipe, device=device, dtype=dtype,
+                                            ratios=ratios, ctx=ctx, outputs=dense_outputs)
+            if dense_outputs:
+                stream = inputs.with_hidden(dense_outputs)
+            else:
+                stream = dense if dense_inputs else None  # None: propagate through the pruned block
+            inputs = ctx.checked(_commit, store, sink, index, block_plan, stream, inputs, last, device, dtype, storage)
+            fuse_experts_(block)
+            del dense, block
+            release_memory(device)
+            elapsed = time.perf_counter() - t0
+            objective = sum(r.objective for r in block_plan.records)
+            if ctx.is_main:
+                log.info("block %d: objective %.6g, %d problems, %.2fs", index, objective, len(block_plan.records),
+                         elapsed)
+            if bar is not None:
+                bar.set_postfix(objective=f"{objective:.4g}", time=f"{elapsed:.1f}s")
+            if on_block is not None:
+                on_block(index, elapsed)
     plan = sink.plan
     plan.provenance = {
         "recipe": recipe.to_dict(), "family": store.adapter.name,

@@ -103,3 +103,25 @@ def test_specs_that_do_not_fit_the_shape(spec, shape):
     """Property: validate_for rejects specs that cannot be met on the shape, naming the fix."""
     with pytest.raises(SparsityError, match="Fix|outside"):
         spec.validate_for(shape)
+
+
+def _sorted_keep(scores: torch.Tensor, keep: int, dim: int) -> torch.Tensor:
+    order = torch.sort(scores, dim=dim, descending=True, stable=True).indices
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(dim, order.narrow(dim, 0, keep), True)
+
+
+@given(rows=st.integers(1, 3), size=st.integers(257, 700), levels=st.integers(1, 6), frac=st.floats(0.01, 0.99),
+       seed=st.integers(0, 2**16), nan=st.booleans())
+def test_selection_keeps_what_a_stable_sort_keeps(rows, size, levels, frac, seed, nan):
+    """Long slices are cut by selection (kthvalue); the kept set equals a stable descending sort's, ties included
+    (values drawn from a few levels), and NaN scores still sort above numbers."""
+    from prunekit.formulations.sparsity import _stable_topk_keep
+
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, levels, (rows, size), generator=gen).float()
+    if nan:
+        scores[0, size // 3] = float("nan")
+    keep = max(1, min(size - 1, int(frac * size)))
+    assert torch.equal(_stable_topk_keep(scores, keep, dim=1), _sorted_keep(scores, keep, 1))
+    flat = scores.reshape(-1)
+    assert torch.equal(_stable_topk_keep(flat, keep, dim=0), _sorted_keep(flat, keep, 0))

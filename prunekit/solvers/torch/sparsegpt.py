@@ -55,16 +55,16 @@ def sparsegpt_sweep(weight: torch.Tensor, upper: torch.Tensor, spec: SparsitySpe
     prune = torch.zeros(m, n, dtype=torch.bool, device=w.device)
     diag = upper.diagonal()
     step = row_batch or m
-    loss = torch.zeros((), dtype=w.dtype, device=w.device)
+    loss = 0.0
     for i1 in range(0, n, block_size):
         i2 = min(i1 + block_size, n)
         w1 = w[:, i1:i2].clone()
         u1 = upper[i1:i2, i1:i2]
         d1 = diag[i1:i2]
+        pivots = d1.tolist()  # U_ii as Python floats: one scalar division per column, no 0-d tensors
         mask1 = torch.zeros_like(w1, dtype=torch.bool)
         if isinstance(spec, Unstructured):
             mask1 = block_mask(w1 ** 2 / d1.unsqueeze(0) ** 2, spec, i1, i2)
-        q1 = torch.zeros_like(w1)
         err1 = torch.zeros_like(w1)
         for r0 in range(0, m, step):
             rows = slice(r0, min(r0 + step, m))
@@ -72,14 +72,14 @@ def sparsegpt_sweep(weight: torch.Tensor, upper: torch.Tensor, spec: SparsitySpe
                 if isinstance(spec, NM) and i % spec.m == 0:
                     tmp = w1[rows, i:i + spec.m] ** 2 / d1[i:i + spec.m].unsqueeze(0) ** 2
                     mask1[rows, i:i + spec.m] = _lowest(tmp, spec.n, dim=1)
-                col = w1[rows, i]
-                q = col.masked_fill(mask1[rows, i], 0.0)
-                err = (col - q) / d1[i]
-                loss = loss + 0.5 * torch.sum((col - q) ** 2) / d1[i] ** 2
-                w1[rows, i:] -= err.unsqueeze(1) * u1[i, i:].unsqueeze(0)
-                q1[rows, i] = q
+                # err = (w - q) / U_ii with q = w off the mask and 0 on it; W[:, i:] -= err U[i, i:] (this also
+                # sets column i to q: w - (w / U_ii) U_ii on pruned entries, zeroed exactly by the caller's mask)
+                err = w1[rows, i].masked_fill(~mask1[rows, i], 0.0).div_(pivots[i])
+                w1[rows, i:].addr_(err, u1[i, i:], alpha=-1.0)
                 err1[rows, i] = err
-        w[:, i1:i2] = q1
+        # the sweep's loss sum (w - q)^2 / U_ii^2 / 2 is 1/2 ||Err||^2
+        loss += 0.5 * float(torch.sum(err1 * err1))
+        w[:, i1:i2] = w1.masked_fill(mask1, 0.0)
         w[:, i2:] -= err1 @ upper[i1:i2, i2:]
         prune[:, i1:i2] = mask1
     return w, prune, float(loss)
