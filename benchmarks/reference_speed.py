@@ -295,11 +295,11 @@ def job_argv(job: Job, args, calib: Path, test: Optional[Path], out: Path, folde
         row = ROWS[job.key]
         argv = [str(args.ref_python), str(Path(args.refbench) / row.glue), *row.glue_args, "--windows", str(calib),
                 "--out", str(out), "--model", str(folder), "--threads", str(args.threads), "--device", args.device]
-        return argv + (["--eval", str(test)] if test else [])
+        return argv + (["--eval", str(test)] if test and job.rep == 0 else [])
     flag = "--prunekit-one" if job.side == "prunekit" else "--forward-one"
     argv = [sys.executable, str(Path(__file__).resolve()), flag, job.key, "--windows", str(calib), "--job-out",
             str(out), "--model", args.model, "--threads", str(args.threads), "--device", args.device]
-    return argv + (["--eval-path", str(test)] if test and job.side == "prunekit" else [])
+    return argv + (["--eval-path", str(test)] if test and job.side == "prunekit" and job.rep == 0 else [])
 
 
 def describe_command(args: str) -> str:
@@ -378,6 +378,16 @@ def _times(runs: list[dict[str, Any]], side: str, key: str, field: str = "prune_
             if r.get("side") == side and r.get("key") == key and r.get("status") == "ok" and "record" in r]
 
 
+def _first(runs: list[dict[str, Any]], side: str, key: str, field: str) -> Any:
+    """``field`` of the first ok record of (side, key) that has it (perplexity is measured in repetition 0 only)."""
+    return next((r["record"][field] for r in runs if r.get("side") == side and r.get("key") == key
+                 and r.get("status") == "ok" and r.get("record", {}).get(field) is not None), None)
+
+
+PPL_TOLERANCE = 0.01
+"""prunekit's perplexity within 1% of the reference implementation's on the same windows (issue 13)."""
+
+
 def summarize(runs: list[dict[str, Any]], rows: Sequence[str]) -> list[dict[str, Any]]:
     """Per row: medians over the repetitions, the two ratios and their verdicts (MET / MISSED / NOT RUN)."""
     forward = _median(_times(runs, "forward", "forward", "forward_s"))
@@ -402,7 +412,8 @@ def summarize(runs: list[dict[str, Any]], rows: Sequence[str]) -> list[dict[str,
             "forward_target": row.forward_target,
             "forward_verdict": _verdict(per_forward, row.forward_target) if row.forward_target else None,
             "reference_commit": ref_rec.get("commit"), "reference_transformers": ref_rec.get("transformers"),
-            "prunekit_ppl": pk_rec.get("ppl"), "reference_ppl": ref_rec.get("ppl"),
+            "prunekit_ppl": _first(runs, "prunekit", row.prunekit, "ppl"),
+            "reference_ppl": _first(runs, "reference", row_id, "ppl"),
             "prunekit_sparsity": pk_rec.get("achieved_sparsity"), "reference_sparsity": ref_rec.get("achieved_sparsity"),
             "prunekit_mlp_removed": pk_rec.get("mlp_channels_removed"),
             "reference_mlp_removed": ref_rec.get("mlp_channels_removed"),
@@ -411,6 +422,13 @@ def summarize(runs: list[dict[str, Any]], rows: Sequence[str]) -> list[dict[str,
                             or (r.get("side") == "prunekit" and r.get("key") == row.prunekit))],
         })
     return out
+
+
+def _ppl_verdict(pk: Optional[float], ref: Optional[float]) -> str:
+    if pk is None or not ref:
+        return "—"
+    ratio = pk / ref
+    return f"{ratio:.3f} " + ("MET" if abs(ratio - 1.0) <= PPL_TOLERANCE else ("BETTER" if ratio < 1 else "MISSED"))
 
 
 def _verdict(value: Optional[float], target: Optional[float]) -> str:
@@ -465,14 +483,16 @@ def render(data: dict[str, Any]) -> str:
               f"prunekit.bench.calibration_forward_time): {_fmt(forward, 2) or '—'} s (median).", ""]
     checks = [[s["label"], _fmt(s["prunekit_sparsity"], 3), _fmt(s["reference_sparsity"], 3),
                s["prunekit_mlp_removed"], s["reference_mlp_removed"], _fmt(s["prunekit_ppl"], 2),
-               _fmt(s["reference_ppl"], 2), s["reference_commit"] and s["reference_commit"][:12],
+               _fmt(s["reference_ppl"], 2), _ppl_verdict(s["prunekit_ppl"], s["reference_ppl"]),
+               s["reference_commit"] and s["reference_commit"][:12],
                s["reference_transformers"], ", ".join(s["failed"]) or "—"] for s in summary]
     lines += ["## Same work on both sides", "",
               md_table(["row", "prunekit zeros", "reference zeros", "prunekit MLP ch. removed",
-                        "reference MLP ch. removed", "prunekit ppl", "reference ppl", "reference commit",
+                        "reference MLP ch. removed", "prunekit ppl", "reference ppl",
+                        "prunekit / reference ppl (within 1%)", "reference commit",
                         "reference transformers", "failed runs"], checks), "",
               "Zeros: fraction of zero weights in the decoder blocks' linear layers after pruning; ppl only with "
-              "`--eval-windows`.", ""]
+              "`--eval-windows` (repetition 0 only; untimed, after the prune).", ""]
     patches: dict[str, list[str]] = {}
     for r in runs:
         rec = r.get("record") or {}

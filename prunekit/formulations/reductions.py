@@ -9,6 +9,9 @@ back to one of f (``invert``), and declares its :class:`~prunekit.formulations.b
 * HEURISTIC  -- ``invert`` yields a feasible point with no guarantee (e.g. the penalty method).
 
 A :class:`Chain` applies reductions in order, checking ``accepts`` at each step, and inverts in reverse.
+:meth:`Chain.reduce` returns the chain's end problem carrying a :class:`ChainOrigin` (the source problem, the
+steps and the inverse data), so a solution of the end problem can be mapped back (:meth:`ChainOrigin.invert`) and
+its provenance can name every step with its guarantee (:meth:`ChainOrigin.to_dict`).
 The verification suite reads ``guarantee`` to decide what to test.
 """
 
@@ -43,6 +46,14 @@ class Reduction(ABC):
         return f"{type(self).__name__}(guarantee={self.guarantee.value})"
 
 
+_ORDER = (Guarantee.EXACT, Guarantee.RELAXATION, Guarantee.HEURISTIC)
+
+
+def weakest(guarantees) -> Guarantee:
+    """The weakest of ``guarantees`` (EXACT < RELAXATION < HEURISTIC); EXACT for none."""
+    return _ORDER[max((_ORDER.index(g) for g in guarantees), default=0)]
+
+
 @dataclass(frozen=True)
 class Chain:
     """A sequence of reductions applied in order and inverted in reverse.
@@ -54,9 +65,11 @@ class Chain:
 
     @property
     def guarantee(self) -> Guarantee:
-        order = [Guarantee.EXACT, Guarantee.RELAXATION, Guarantee.HEURISTIC]
-        worst = max((order.index(r.guarantee) for r in self.reductions), default=0)
-        return order[worst]
+        return weakest(r.guarantee for r in self.reductions)
+
+    def steps(self) -> list[dict[str, str]]:
+        """``[{"reduction": repr, "guarantee": value}, ...]`` in the order they are applied."""
+        return [{"reduction": repr(r), "guarantee": r.guarantee.value} for r in self.reductions]
 
     def apply(self, formulation: Formulation) -> tuple[Formulation, list[Any]]:
         inverses = []
@@ -76,9 +89,41 @@ class Chain:
             solution = red.invert(solution, inv)
         return solution
 
+    def reduce(self, formulation: Formulation) -> Formulation:
+        """The end problem of the chain applied to ``formulation``, carrying its :class:`ChainOrigin`.
+
+        The origin is attached as the attribute ``_chain_origin`` (formulations are frozen dataclasses without
+        slots; the attribute is not a field, so it changes neither the problem's options nor its equality).
+        """
+        end, inverses = self.apply(formulation)
+        object.__setattr__(end, "_chain_origin", ChainOrigin(self, formulation, tuple(inverses)))
+        return end
+
     def solve(self, formulation: Formulation, backend: str = "auto", options=None, **overrides):
         """Apply the chain, solve the reduced problem, and invert the solution."""
         from ..solvers import solve
 
         reduced, inverses = self.apply(formulation)
         return self.invert(solve(reduced, backend=backend, options=options, **overrides), inverses)
+
+
+@dataclass(frozen=True, eq=False)
+class ChainOrigin:
+    """Where a reduced problem came from: the chain, the source problem and each step's inverse data."""
+
+    chain: Chain
+    source: Formulation
+    inverses: tuple
+
+    @property
+    def guarantee(self) -> Guarantee:
+        """The chain's guarantee for the source problem (the weakest step)."""
+        return self.chain.guarantee
+
+    def invert(self, solution):
+        """Map a solution of the end problem back to one of :attr:`source` (every step's ``invert``, reversed)."""
+        return self.chain.invert(solution, list(self.inverses))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly record: ``{"source", "steps": [{"reduction", "guarantee"}], "guarantee"}``."""
+        return {"source": type(self.source).__name__, "steps": self.chain.steps(), "guarantee": self.guarantee.value}

@@ -15,6 +15,14 @@ feasible with the *same* W, hence the same objective.  :class:`SPAPRelaxation` i
 its ``invert`` rounds (k groups of supp(s), largest s first) and then, optionally, restores the weights on
 the kept set by exact least squares, which can only lower the objective.
 
+The SPAP method is the chain :func:`spap_chain`::
+
+    MaskedReconstructionMIP --SPAPRelaxation (EXACT)--> RelaxedChannelMIP --RelaxedToPenalty (HEURISTIC)-->
+    PenaltyRelaxation
+
+whose guarantee for the MIP is HEURISTIC (the weakest step): the relaxation loses nothing, the penalty method
+returns a feasible kept set without an optimality proof.
+
 Paper: SPAP, arXiv 2505.03373 (the relaxation theorem, as reconstructed in methods.md §3.2).
 """
 
@@ -29,7 +37,7 @@ from ..errors import FormulationError
 from .base import Formulation, Guarantee
 from .form import ProblemForm
 from .mip import MaskedReconstructionMIP
-from .reductions import Reduction
+from .reductions import Chain, Reduction
 from .sparsity import Channels
 
 _S_TOL = 1e-9
@@ -216,4 +224,59 @@ class SPAPRelaxation(Reduction):
         return f"SPAPRelaxation(restore={self.restore}, guarantee=exact)"
 
 
-__all__ = ["RelaxedChannelMIP", "SPAPRelaxation", "exact_restore"]
+class RelaxedToPenalty(Reduction):
+    """``RelaxedChannelMIP`` -> ``PenaltyRelaxation``: the bilinear constraint moved into the penalty (HEURISTIC).
+
+    ``apply`` states ``target(layer, sparsity, **options)`` (``target`` = PenaltyRelaxation or a subclass;
+    ``options`` are its fields, e.g. ``s_update="momentum"``).  ``invert`` maps the penalty solution to a point of
+    the relaxed problem: ``extras["s"]`` = the binary indicator of the pruned groups (the weights vanish on them,
+    so the point is relaxed-feasible), the soft s of the momentum update kept as ``extras["soft_s"]``.
+    """
+
+    guarantee: ClassVar[Guarantee] = Guarantee.HEURISTIC
+
+    def __init__(self, target: type = None, **options) -> None:
+        from .penalty import PenaltyRelaxation
+
+        self.target = PenaltyRelaxation if target is None else target
+        if not (isinstance(self.target, type) and issubclass(self.target, PenaltyRelaxation)):
+            raise FormulationError(f"RelaxedToPenalty builds a PenaltyRelaxation (or a subclass), got {target!r}.")
+        self.options = dict(options)
+
+    def accepts(self, formulation: Formulation) -> bool:
+        return isinstance(formulation, RelaxedChannelMIP)
+
+    def apply(self, formulation: Formulation) -> tuple[Formulation, Any]:
+        return self.target(formulation.layer, formulation.sparsity, **self.options), formulation
+
+    def invert(self, solution, inverse_data: Any):
+        relaxed: RelaxedChannelMIP = inverse_data
+        extras = dict(solution.extras or {})
+        pruned = relaxed._pruned_groups(solution.mask)
+        s = torch.zeros(relaxed.num_groups, dtype=torch.float64)
+        s[pruned] = 1.0
+        if "s" in extras:
+            extras["soft_s"] = extras["s"]
+        extras["s"] = s
+        provenance = {**dict(solution.provenance), "reduction": f"RelaxedToPenalty ({self.guarantee.value})"}
+        out = solution.replace(extras=extras, provenance=provenance)
+        residuals = relaxed.residuals(out)
+        return out.replace(objective=residuals["objective"], residuals=residuals)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
+        return f"RelaxedToPenalty({shown}{', ' if shown else ''}guarantee=heuristic)"
+
+
+def spap_chain(restore: bool = False, target: type = None, **options) -> Chain:
+    """SPAP as a chain of reductions: ``[SPAPRelaxation(restore), RelaxedToPenalty(target, **options)]``.
+
+    ``Chain.solve(mip)`` solves the penalty problem and maps its solution back to the MIP (the rounding of
+    SPAPRelaxation keeps the penalty's pruned groups; ``restore=True`` then replaces the method's damped restoration
+    by the exact undamped one where that lowers the MIP objective).  ``Chain.reduce(mip)`` returns the penalty
+    problem carrying the chain (what the ``spap`` method solves).  Guarantee: HEURISTIC.
+    """
+    return Chain([SPAPRelaxation(restore=restore), RelaxedToPenalty(target, **options)])
+
+
+__all__ = ["RelaxedChannelMIP", "RelaxedToPenalty", "SPAPRelaxation", "exact_restore", "spap_chain"]

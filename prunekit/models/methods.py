@@ -145,8 +145,13 @@ class Method:
         return Unstructured(float(ratio), scope=self.formulation.unstructured_scope)
 
     def formulation_for(self, layer, sparsity, options: Mapping[str, Any]):
-        """The layer problem: ``formulation(layer=layer, sparsity=sparsity, **options)``."""
+        """The layer problem: ``formulation(layer=layer, sparsity=sparsity, **options)``, or, for a class that states
+        itself as the end of a reduction chain (a ``via_reductions`` classmethod, e.g. SPAP's PenaltyRelaxation),
+        ``formulation.via_reductions(layer, sparsity, **options)``: the chain's end problem, which carries the chain."""
         self.check_options(options)
+        via = getattr(self.formulation, "via_reductions", None)
+        if callable(via):
+            return via(layer, sparsity, **dict(options))
         return self.formulation(layer=layer, sparsity=sparsity, **dict(options))
 
 
