@@ -19,7 +19,9 @@ sample window with hooks on its linear modules).  Rows are output rows of linear
 2. *Relation.*  For each downstream D, the exact relation "row r of an owned module reaches column c of D" and
    whether each such dependency is affine, from :func:`~prunekit.models.coupling_probe.relation` (row and column
    bit tests, then a distance-2 colouring with one +/- probe pair per colour).  Downstream modules whose owned
-   rows cannot reach each other (parallel attention and MLP, MoE experts) share the probes.
+   rows cannot reach each other (parallel attention and MLP, MoE experts) share the probes.  A module that a
+   perturbation leaves uncalled (an MoE expert whose tokens the router sends elsewhere) counts as reached, so
+   rows that can re-route tokens (attention before an MoE MLP) never share probes with the experts.
 3. *Units.*  The units of D are the connected components of the bipartite relation: removing a component's rows
    changes only its own columns of D, and D's input is the only way out, so the block output with the unit removed
    equals the one with its columns zeroed (methods.md claim C2).  The components over the *affine* rows alone

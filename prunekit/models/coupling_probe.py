@@ -195,11 +195,12 @@ class BlockProbe:
 
     # ------------------------------------------------------------------ answers
     def affected(self, run: Run, name: str) -> torch.Tensor:
-        """Bool (in_width,) of the input columns of ``name`` that differ from the baseline (all when the module's
-        input changed shape, e.g. another MoE routing; none when it was not called)."""
+        """Bool (in_width,) of the input columns of ``name`` (a module the baseline calls) that differ from the
+        baseline: all when the module's input changed shape or the module was not called at all -- another MoE
+        routing sent its tokens elsewhere, so the perturbation reaches it (through the router)."""
         base, x = self.baseline.inputs[name], run.inputs.get(name)
         if x is None:
-            return torch.zeros(self.in_width[name], dtype=torch.bool)
+            return torch.ones(self.in_width[name], dtype=torch.bool)
         if x.shape != base.shape:
             return torch.ones(self.in_width[name], dtype=torch.bool)
         diff = (x.detach() - base).abs().reshape(-1, base.shape[-1]).amax(0)

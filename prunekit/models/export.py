@@ -458,29 +458,74 @@ def _note_padding(b: _Builder, what: str, widths: list[int], target: int) -> Non
 _FAMILY_BUILDERS = {"llama": _llama_like, "gemma": _llama_like, "opt": _opt, "gpt2": _gpt2}
 
 
+GENERIC_WIDTH_TRIALS = 32
+"""Most stock-class checks :func:`_generic_widths` runs to find the config fields of the pruned widths."""
+
+
 def _generic_widths(b: _Builder) -> None:
-    """A model with no family rules (generic adapter) whose MLP channels were pruned to one uniform width: find the
-    config field that holds the MLP width (an int field equal to the groups' original unit count, e.g.
-    ``intermediate_size`` / ``ffn_hidden_size``) and set it to the kept width -- kept only if the stock class then
-    has exactly the written shapes (checked below, like every stock layout).  Anything else stays as is (and the
-    stock check decides)."""
+    """A model with no family rules (generic adapter) whose MLP channels were pruned: find the config fields that
+    hold its MLP widths and set them to the kept widths -- kept only if the stock class then has exactly the
+    written shapes (checked below, like every stock layout).
+
+    Each pruned width maps an original unit count to one kept width (dense MLP ``intermediate_size`` /
+    ``ffn_hidden_size``; Mixtral's experts ``intermediate_size``; Qwen2-MoE's experts ``moe_intermediate_size``
+    and shared expert ``shared_expert_intermediate_size``); the candidate fields are the int config fields equal
+    to an original count, and the assignments that change the fewest fields are tried first (at most
+    :data:`GENERIC_WIDTH_TRIALS` stock checks).  The width of an expert fused back is read from its slice of the
+    fused parameter (``expert_channels.downstream_width``: zero-padded to a multiple of
+    ``experts.EXPERT_WIDTH_MULTIPLE``).  Without a match a dense model stays as is (the stock check then picks
+    prunekit's rebuild format); a model with channel-pruned *fused* experts has no other form -- the rebuild
+    format re-creates fused experts at their unpruned width -- so it raises.
+
+    Raises
+    ------
+    ModelError
+        Channel-pruned fused experts whose widths no stock config describes (e.g. different across blocks).
+    """
+    import itertools
+
+    from .families.expert_channels import downstream_width
+
     groups = [g for i in range(len(b.adapter.blocks(b.model))) for g in b.adapter.coupled_groups(b.model, i)
               if g.kind in ("glu_channel", "ffn_channel")]
     if not groups:
         return
-    originals = {g.num_units for g in groups}
-    kept = {int(b.adapter.get_weight(b.model.get_submodule(g.downstream)).shape[1]) for g in groups}
-    if len(originals) != 1 or len(kept) != 1 or originals == kept:
+    widths = [(g.num_units, *downstream_width(b.model, g.downstream)) for g in groups]
+    pairs = {(old, new) for old, new, _ in widths}
+    fused = any(is_fused and new != old for old, new, is_fused in widths)
+    padded = sorted({m.prunekit_padding for m in b.model.modules() if getattr(m, "prunekit_padding", None)})
+    if padded:
+        from .families.experts import EXPERT_WIDTH_MULTIPLE
+
+        b.notes.append(f"MoE experts: kept widths zero-padded to a multiple of {EXPERT_WIDTH_MULTIPLE} (kept -> "
+                       f"written: {', '.join(f'{k} -> {w}' for k, w in padded)}), since transformers' grouped_mm "
+                       f"kernel needs 16-byte rows (exact: zero channels add 0; costs parameters; a recipe "
+                       f"round_to of 8 avoids it).")
+    if all(old == new for old, new in pairs):
         return
-    (old,), (new,) = originals, kept
+    news: dict[int, list[int]] = {}
+    for old, new in sorted(pairs):
+        news.setdefault(old, []).append(new)
+    keys = [k for k, v in b.config.items() if isinstance(v, int) and not isinstance(v, bool) and v in news]
+    options = [[b.config[k]] + [n for n in news[b.config[k]] if n != b.config[k]] for k in keys]
+    trials = sorted(itertools.product(*options), key=lambda a: sum(v != b.config[k] for k, v in zip(keys, a)))
     shapes = _written_shapes(b.model, b.specs, _tied_duplicates(b.model))
-    for key, value in list(b.config.items()):
-        if isinstance(value, int) and not isinstance(value, bool) and value == old:
-            trial = dict(b.config, **{key: new})
-            if _check_against_stock(trial, shapes) is None:
-                b.set_config(key, new)
-                b.notes.append(f"{key} = {new} (MLP channels kept of {old}; found by checking the stock class).")
-                return
+    for values in trials[:GENERIC_WIDTH_TRIALS]:
+        changed = {k: v for k, v in zip(keys, values) if v != b.config[k]}
+        if not changed or _check_against_stock(dict(b.config, **changed), shapes) is not None:
+            continue
+        for key, value in changed.items():
+            b.notes.append(f"{key} = {value} (MLP channels kept of {b.config[key]}; found by checking the stock "
+                           f"class).")
+            b.set_config(key, value)
+        return
+    if fused:
+        shown = ", ".join(f"{old} -> {sorted(set(n))}" for old, n in news.items())
+        raise ModelError(f"no stock config describes the pruned MoE widths (original -> kept: {shown}): each kept "
+                         f"width must be one value in every block, since the stock config has one field per width "
+                         f"and prunekit's rebuild format re-creates fused experts at their unpruned width. Fix: "
+                         f"prune every expert and block at one ratio (allocation='uniform', no per-group ratios), "
+                         f"or prune with structure 'unstructured' or an N:M pattern such as '2:4'.")
 
 
 def _tied_duplicates(model: nn.Module) -> frozenset:

@@ -22,7 +22,9 @@ A recipe names
   :mod:`prunekit.models.targets`: ``"lm_head"`` matches a dotted-name suffix, ``"re:<regex>"`` the whole name,
   ``"Linear"`` / ``"Conv1D"`` a module kind; default: every linear layer of the decoder blocks but MoE routers and
   gates), and ``unrouted``: what happens to a module no calibration token reaches (an MoE expert never routed
-  to): ``"dense"`` (default, kept and reported) or ``"magnitude"``.
+  to): ``"dense"`` (default, kept and reported) or ``"magnitude"``.  For ``structure="channels"`` both policies
+  prune such an expert to its siblings' width by weight-norm channel scores (every expert of a block must keep
+  one width; :mod:`prunekit.models.families.expert_channels`), and its record says so.
 
 Recipes are plain data: explicit keyword fields, no ``**kwargs``, no aliases.  Contradictory settings are
 errors.  They round-trip through ``to_dict``/``from_dict``, JSON and YAML (an unquoted ``2:4`` stays a structure,

@@ -21,6 +21,7 @@ two give identical outputs, which the tests check.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import warnings
@@ -259,9 +260,20 @@ def apply_(model: nn.Module, plan: PruningPlan) -> nn.Module:
     _require_finite(plan)
     if getattr(model, "_prunekit_base_config", None) is None:  # the architecture to rebuild from (saving.py)
         model._prunekit_base_config = model.config.to_dict()
-    if _apply_edits_(model, adapter, plan):
-        adapter.fix_config(model)
+    with _experts_as_linear(model, adapter):
+        if _apply_edits_(model, adapter, plan):
+            adapter.fix_config(model)
     return model
+
+
+def _experts_as_linear(model: nn.Module, adapter: FamilyAdapter):
+    """Generic adapter: the plan names fused MoE experts per expert (``...experts.3.down_proj``), so they are
+    unfused while it is replayed and fused back after (``families.experts.experts_unfused``)."""
+    if getattr(adapter, "name", "") != "generic":
+        return contextlib.nullcontext()
+    from .families.experts import experts_unfused
+
+    return experts_unfused(model)
 
 
 def _require_weights(plan: PruningPlan) -> None:
@@ -344,11 +356,12 @@ def mask_model_(model: nn.Module, plan: PruningPlan) -> nn.Module:
     adapter = adapter_for(model)
     _require_weights(plan)
     _require_finite(plan)
-    resolved = _resolve_groups(model, adapter, plan)
-    for name, edit in plan.module_edits.items():
-        write_module_edit_(model, adapter, edit.module or name, edit.weight, edit.bias)
-    for _, group, kept in resolved:
-        _zero_(model, adapter, group, kept)
+    with _experts_as_linear(model, adapter):
+        resolved = _resolve_groups(model, adapter, plan)
+        for name, edit in plan.module_edits.items():
+            write_module_edit_(model, adapter, edit.module or name, edit.weight, edit.bias)
+        for _, group, kept in resolved:
+            _zero_(model, adapter, group, kept)
     return model
 
 

@@ -138,7 +138,7 @@ def test_a_model_without_block_list_and_non_causal_models_are_refused():
         adapter_for("phi3")  # a type name alone: the generic adapter needs the model
 
 
-def test_channel_groups_come_from_the_dependency_probe_and_moe_blocks_refuse_them():
+def test_channel_groups_come_from_the_dependency_probe_and_fused_moe_blocks_refuse_them():
     m = tiny_model("phi3")
     adapter = adapter_for(m)
     for kind in ("unstructured", "nm", "channels"):
@@ -153,8 +153,12 @@ def test_channel_groups_come_from_the_dependency_probe_and_moe_blocks_refuse_the
     assert glu.downstream == "model.layers.0.mlp.down_proj" and glu.num_units == 64
     assert glu.upstream["model.layers.0.mlp.gate_up_proj"][3] == (3, 67)  # fused [gate; up]: rows u and u + I
     moe = tiny_model("mixtral")
-    with pytest.raises(ModelError, match="experts.*Fix:"):
+    with pytest.raises(ModelError, match="experts.*still fused.*Fix:"):  # 3-D parameters have no linear channels
         generic_adapter(moe).derive_groups_(moe, 0, TOKENS[:1])
+    unfuse_experts_(moe)  # as the runner does: then each expert has its own channels (test_expert_channels.py)
+    experts = [g for g in generic_adapter(moe).derive_groups_(moe, 0, TOKENS[:1]) if ".experts." in g.downstream]
+    assert sorted(g.downstream for g in experts) == [f"model.layers.0.mlp.experts.{e}.down_proj" for e in range(4)]
+    assert {(g.kind, g.num_units) for g in experts} == {("glu_channel", 48)}
 
 
 # ---------------------------------------------------------------------------------------------- MoE

@@ -2,7 +2,8 @@
 
 Phi-3, Mixtral, Qwen2-MoE, GPT-NeoX and Falcon have no family adapter: the generic adapter finds their blocks and
 linear layers, routers stay dense, fused MoE experts are pruned per expert and fused back, and the output folder
-loads with stock ``from_pretrained`` and gives the in-memory pruned model's logits.
+loads with stock ``from_pretrained`` and gives the in-memory pruned model's logits.  Channels come from groups
+derived from each block's computation, inside every MoE expert too (fused back smaller, one width per block).
 """
 
 from __future__ import annotations
@@ -88,14 +89,144 @@ def test_any_causal_lm_prunes_from_the_cli_and_reloads_stock(workdir, family, st
     assert torch.isfinite(logits).all()
 
 
-def test_channels_on_moe_experts_is_one_clear_error(workdir, capsys):
-    out = workdir / "channels-mixtral"
-    code = main(["prune", "--model", str(_folder(workdir, "mixtral")), "--calib", str(workdir / "calib.txt"),
-                 "--nsamples", "2", "--seqlen", "8", "--out", str(out), "--no-progress", "--method", "fasp",
-                 "--structure", "channels", "--sparsity", "0.3"])
-    err = capsys.readouterr().err
-    assert code != 0 and "channels" in err and "experts" in err and "Fix:" in err and "Traceback" not in err
-    assert not out.exists()
+MOE = {  # tiny MoE checkpoints for channel pruning inside experts (name: family, config overrides)
+    "mixtral": ("mixtral", {}),  # experts 48 channels: 34 kept, padded to 40 (grouped_mm's 16-byte rows)
+    "qwen2_moe": ("qwen2_moe", {"moe_intermediate_size": 32}),  # experts 32 -> 23 kept, padded to 24; shared 48 -> 34
+    "mixtral-unreached": ("mixtral", {"num_local_experts": 8, "num_experts_per_tok": 1}),  # top-1 of 8, few tokens
+}
+
+
+@pytest.fixture
+def one_thread():
+    """The MoE channel runs probe tiny float64 blocks: two threads crawl on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _moe_folder(workdir, name):
+    from _hf_tiny import tiny_tokenizer
+    from test_generic_adapter import tiny_config
+    from transformers import AutoModelForCausalLM
+
+    folder = workdir / f"moe-{name}"
+    if not folder.exists():
+        family, overrides = MOE[name]
+        tok = tiny_tokenizer()
+        config = tiny_config(family)
+        for key, value in {**overrides, "vocab_size": len(tok)}.items():
+            setattr(config, key, value)
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+        tok.save_pretrained(folder)
+    return folder
+
+
+def _prune_moe(workdir, name, nsamples="4", seqlen="16"):
+    out = workdir / f"channels-moe-{name}"
+    args = ["prune", "--model", str(_moe_folder(workdir, name)), "--calib", str(workdir / "calib.txt"), "--nsamples",
+            nsamples, "--seqlen", seqlen, "--out", str(out), "--no-progress", "--method", "fasp", "--structure",
+            "channels", "--sparsity", "0.3"]
+    assert main(args) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def _expert_slice(model, name: str):
+    """``(fused module, expert index, parameter name)`` of ``...mlp.experts.3.down_proj``, else None."""
+    head, _, leaf = name.rpartition(".")
+    container, _, expert = head.rpartition(".")
+    if not expert.isdigit() or not container.endswith("experts"):
+        return None
+    return model.get_submodule(container), int(expert), leaf
+
+
+def _check_masked_moe(dense, pruned, plan, report):
+    """The stock-loaded output equals the masked model -- the dense model with each pruned unit's down-projection
+    column zeroed and the kept columns replaced by the pruned ones -- and its fused experts hold the kept gate/up
+    rows (rows j and I + j) in order, then zero padding.  Returns the masked model."""
+    import copy
+
+    masked = copy.deepcopy(dense)
+    widths = set()
+    for record in report["layers"]:
+        kept = list(plan["group_edits"][record["group"]]["kept_units"])  # MLP units are single columns
+        k, name = len(kept), record["module"]
+        found = _expert_slice(masked, name)
+        if found is None:  # a shared expert: an ordinary linear down_proj
+            old, new = masked.get_submodule(name).weight, pruned.get_submodule(name).weight
+            assert new.shape[1] == k < old.shape[1]
+        else:
+            fused, e, leaf = found
+            twin = pruned.get_submodule(name.rsplit(".", 2)[0])
+            old, new = getattr(fused, leaf)[e], getattr(twin, leaf)[e]
+            full, width = old.shape[1], new.shape[1]
+            widths.add((record["block"], width))
+            assert k <= width < full and width % 8 == 0 and width - k < 8  # padded up to a multiple of 8
+            assert torch.all(new[:, k:] == 0)
+            gate_up, dense_gate_up = twin.gate_up_proj[e], fused.gate_up_proj[e]
+            rows = torch.tensor(kept)
+            assert torch.equal(gate_up[:k], dense_gate_up[rows]) and torch.equal(gate_up[width:width + k],
+                                                                                 dense_gate_up[full + rows])
+            assert torch.all(gate_up[k:width] == 0) and torch.all(gate_up[width + k:] == 0)
+            new = new[:, :k]
+        restored = torch.zeros_like(old)
+        restored[:, kept] = new
+        with torch.no_grad():
+            old.copy_(restored)
+    assert len({w for _, w in widths}) == 1  # every expert of every block: one width
+    x = torch.randint(0, dense.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a, b = pruned(input_ids=x).logits, masked(input_ids=x).logits
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+    return masked
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe"])
+def test_channels_inside_moe_experts_are_physically_removed_and_reload_stock(workdir, one_thread, name):
+    """Property: channels are pruned inside every expert (and Qwen2-MoE's shared expert) from the groups derived
+    per expert; the experts are fused back smaller with one width, the config's width fields follow, the output
+    loads with stock from_pretrained and equals the masked model; routers and everything outside the MLPs stay
+    bit-identical."""
+    from transformers import AutoModelForCausalLM
+
+    out, report = _prune_moe(workdir, name)
+    assert report["output_format"] == "stock" and report["params_after"] < report["params_before"]
+    plan = json.loads((out / "plan" / "plan.json").read_text())
+    dense = AutoModelForCausalLM.from_pretrained(_moe_folder(workdir, name)).eval()
+    pruned = AutoModelForCausalLM.from_pretrained(out).eval()  # stock loader, no prunekit code
+    experts = [r for r in report["layers"] if ".experts." in r["module"]]
+    assert len(experts) == 2 * 4 and all(r["status"] == "solved" for r in report["layers"])
+    _check_masked_moe(dense, pruned, plan, report)
+    config = pruned.config
+    if name == "mixtral":
+        assert (config.intermediate_size, config.num_local_experts) == (40, 4)
+    else:
+        assert (config.moe_intermediate_size, config.shared_expert_intermediate_size) == (24, 34)
+        assert config.intermediate_size == dense.config.intermediate_size  # unused by an all-MoE model: unchanged
+    before, after = dict(dense.named_parameters()), dict(pruned.named_parameters())
+    assert set(before) == set(after)
+    for key, tensor in before.items():
+        if ".mlp." not in key or key.endswith(("mlp.gate.weight", "shared_expert_gate.weight")):
+            assert torch.equal(after[key], tensor), f"{key} must stay bit-identical"
+
+
+def test_unreached_moe_experts_keep_their_siblings_width_by_weight_norm(workdir, one_thread):
+    """Top-1 routing over 8 experts and 4 calibration tokens leave experts without statistics: each is pruned by
+    weight-norm channel scores to the width of its siblings (dense would break the one-width rule), and says so."""
+    from transformers import AutoModelForCausalLM
+
+    out, report = _prune_moe(workdir, "mixtral-unreached", nsamples="1", seqlen="4")
+    unreached = [r for r in report["layers"] if "weight-norm" in r["status"]]
+    solved = [r for r in report["layers"] if r["status"] == "solved"]
+    assert unreached and solved and len(unreached) + len(solved) == 2 * 8
+    assert all(r["statistics"] == "none" and r["formulation"] == "WeightNormChannels" for r in unreached)
+    assert {r["kept_units"] for r in report["layers"]} == {34}
+    plan = json.loads((out / "plan" / "plan.json").read_text())
+    dense = AutoModelForCausalLM.from_pretrained(_moe_folder(workdir, "mixtral-unreached")).eval()
+    pruned = AutoModelForCausalLM.from_pretrained(out).eval()
+    _check_masked_moe(dense, pruned, plan, report)
 
 
 def test_targets_and_ignore_patterns_choose_the_modules(workdir):

@@ -7,14 +7,35 @@ unstructured / N:M pruning would not reach them.  :func:`unfuse_experts_` rewrit
 (checked on a random routing that hits every expert before the swap), weights shared with the fused tensors --
 and :func:`fuse_experts_` stacks the (pruned) weights back into the original module, whose state-dict names stock
 ``from_pretrained`` loads.
+
+**Channel-pruned experts** (``prunekit.models.families.expert_channels``) are fused back smaller, under two rules
+:meth:`LinearExperts.fused` guarantees:
+
+* *one width*: every expert of the module has the same number of channels (a 3-D parameter holds one ``I``);
+  otherwise it raises one :class:`~prunekit.errors.ModelError` and changes nothing;
+* *aligned width*: a width that pruning made narrower than the original and that is not a multiple of
+  :data:`EXPERT_WIDTH_MULTIPLE` is zero-padded up to one -- zero gate and up rows and zero down columns, so each
+  padded channel adds ``down[:, j] * act(0) * 0 = 0`` (exact for any activation).  Why: transformers' default
+  experts kernel (``grouped_mm``, torch 2.13 on CPU and CUDA) refuses rows whose stride is not a multiple of 16
+  bytes ("strides should be multiple of 16 bytes"), i.e. 8 bfloat16 / float16 or 4 float32 elements, so a
+  stock Mixtral with ``intermediate_size`` 34 cannot run.  8 covers float32, bfloat16 and float16 (an output
+  saved in float32 and loaded in bfloat16 still runs).  Padding costs at most 7 channels per expert; a recipe
+  with ``round_to`` a multiple of 8 never pads.  The module's ``intermediate_dim`` (read by some kernels) is
+  set to the new width, and its ``prunekit_padding`` to ``(kept, padded)`` widths (None without padding).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
+
+from ...errors import ModelError
+
+EXPERT_WIDTH_MULTIPLE = 8
+"""Channel-pruned fused experts are zero-padded to a multiple of this width (module docstring: 16-byte rows)."""
 
 
 def _fused_expert_params(module: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -48,6 +69,7 @@ class LinearExperts(nn.ModuleList):
         self.__dict__["act_fn"] = fused.act_fn  # not a submodule: the list holds the experts only
         # the original module, without its weights (fuse_experts_ gives them back): not a submodule
         self.__dict__["_fused_module"] = fused
+        self.__dict__["_full_width"] = int(down.shape[-1])  # the original I (padding applies only below it)
         for name in ("gate_up_proj", "down_proj"):
             setattr(fused, name, nn.Parameter(torch.empty(0, device="meta"), requires_grad=False))
 
@@ -64,13 +86,56 @@ class LinearExperts(nn.ModuleList):
             out.index_add_(0, token, h.to(out.dtype))
         return out
 
+    def widths(self) -> tuple[int, ...]:
+        """Channels (``I``) of each expert, in expert order."""
+        return tuple(int(expert.down_proj.weight.shape[1]) for expert in self)
+
+    def common_width(self) -> int:
+        """The experts' common number of channels.
+
+        Raises ModelError (naming why and the fix) when the experts have different widths, or when a gate_up
+        projection does not hold two rows (gate and up) per down_proj column."""
+        widths = self.widths()
+        if len(set(widths)) != 1:
+            raise ModelError(f"cannot fuse experts of different widths {list(widths)} back into one 3-D parameter: "
+                             f"every expert of an MoE block must keep the same number of channels. Fix: prune every "
+                             f"expert at the same ratio (allocation='uniform', no per-group ratios for experts), or "
+                             f"prune with structure 'unstructured' or an N:M pattern such as '2:4'.")
+        width = widths[0]
+        rows = sorted({int(expert.gate_up_proj.weight.shape[0]) for expert in self})
+        if rows != [2 * width]:
+            raise ModelError(f"cannot fuse experts back: gate_up_proj keeps {rows} rows for {width} down_proj columns "
+                             f"(expected {2 * width}: rows j and I + j per channel j), so the channel groups were "
+                             f"not those of this expert layout. Fix: derive the groups on the unfused experts of "
+                             f"this model (GenericAdapter.derive_groups_), or prune with structure 'unstructured'.")
+        return width
+
     def fused(self) -> nn.Module:
-        """The original module with the current expert weights stacked back (E, ...)."""
+        """The original module with the current expert weights stacked back (E, 2W, H) and (E, H, W).
+
+        ``W`` is the experts' common width, zero-padded up to a multiple of :data:`EXPERT_WIDTH_MULTIPLE` when
+        pruning made it narrower than the original (module docstring); the kept channels come first, in order.
+
+        Raises the ModelError of :meth:`common_width` (nothing is changed)."""
+        width = self.common_width()
+        target, full = width, self.__dict__.get("_full_width", width)
+        if width < full and width % EXPERT_WIDTH_MULTIPLE:
+            target = min(full, -(-width // EXPERT_WIDTH_MULTIPLE) * EXPERT_WIDTH_MULTIPLE)
+        gate_up, down = [], []
+        for expert in self:
+            gu, d = expert.gate_up_proj.weight.detach(), expert.down_proj.weight.detach()
+            if target != width:
+                pad = gu.new_zeros(target - width, gu.shape[1])
+                gu = torch.cat([gu[:width], pad, gu[width:], pad])  # [gate; 0; up; 0]
+                d = torch.cat([d, d.new_zeros(d.shape[0], target - width)], dim=1)
+            gate_up.append(gu)
+            down.append(d)
         fused = self.__dict__["_fused_module"]
-        for name in ("gate_up_proj", "down_proj"):
-            weights = [getattr(expert, name).weight for expert in self]
-            setattr(fused, name, nn.Parameter(torch.stack([w.detach() for w in weights]),
-                                              requires_grad=weights[0].requires_grad))
+        fused.gate_up_proj = nn.Parameter(torch.stack(gate_up), requires_grad=self[0].gate_up_proj.weight.requires_grad)
+        fused.down_proj = nn.Parameter(torch.stack(down), requires_grad=self[0].down_proj.weight.requires_grad)
+        if isinstance(getattr(fused, "intermediate_dim", None), int):
+            fused.intermediate_dim = target
+        fused.prunekit_padding = (width, target) if target != width else None  # read by export's notes
         return fused.to(device=self[0].down_proj.weight.device)
 
 
@@ -147,11 +212,29 @@ def unfuse_experts_(module: nn.Module) -> dict[str, str]:
 
 def fuse_experts_(module: nn.Module) -> list[str]:
     """Undo :func:`unfuse_experts_` in place (the original modules come back with the current, possibly pruned,
-    expert weights); returns the qualified names restored."""
+    expert weights); returns the qualified names restored.
+
+    Raises ModelError (before any module is restored) when one of them holds experts of different widths."""
     names = [n for n, m in module.named_modules() if isinstance(m, LinearExperts)]
+    for name in names:
+        module.get_submodule(name).common_width()  # raises its clear ModelError before anything is restored
     for name in names:
         module.set_submodule(name, module.get_submodule(name).fused())
     return names
 
 
-__all__ = ["ExpertMLP", "LinearExperts", "fuse_experts_", "unfuse_experts_"]
+@contextlib.contextmanager
+def experts_unfused(module: nn.Module) -> Iterator[list[str]]:
+    """Unfuse every standard fused experts module under ``module`` for the duration of the ``with`` block (so
+    plan names such as ``model.layers.0.mlp.experts.3.down_proj`` resolve to linear modules), then fuse them back
+    with their current, possibly pruned, weights (also when the block raises); yields the names unfused."""
+    names = [n for n, status in unfuse_experts_(module).items() if status == "unfused"]
+    try:
+        yield names
+    finally:
+        if names:
+            fuse_experts_(module)
+
+
+__all__ = ["EXPERT_WIDTH_MULTIPLE", "ExpertMLP", "LinearExperts", "experts_unfused", "fuse_experts_",
+           "unfuse_experts_"]

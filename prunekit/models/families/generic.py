@@ -44,10 +44,17 @@ listed by :meth:`GenericAdapter.skipped` (left dense, with the reason) so the ru
 shared with the fused tensors -- so every expert becomes a target; :func:`fuse_experts_` stacks the (pruned)
 weights back into the original module, whose state-dict names stock ``from_pretrained`` loads.
 
-Channel structures need coupled groups, which a module tree alone does not give: :meth:`GenericAdapter.
-coupled_groups` returns none (surgery asks for them on every plan) and :meth:`GenericAdapter.check_structure`
-raises one :class:`~prunekit.errors.ModelError` naming the missing adapter and the fix, which the runner calls
-before any work for a channel recipe.
+Channel structures need coupled groups, which a module tree alone does not give: the runner calls
+:meth:`GenericAdapter.derive_groups_` before it solves a block, which derives them from the block's computation
+(``prunekit.models.coupling``: the dependency probe) and keeps the MLP and V/O channel groups
+(:attr:`GenericAdapter.channel_kinds`) for :meth:`GenericAdapter.coupled_groups` (none before: unstructured and
+N:M plans need none).  MoE blocks are pruned *inside each expert* once their fused experts are unfused (the
+runner unfuses every block of a generic run): each expert and a shared expert is an MLP with its own channel
+groups, routers and gates are untouched, every expert of a block keeps one width (checked by
+:meth:`GenericAdapter.fix_block` on each pruned block), an expert no calibration token reached is pruned by
+weight-norm channel scores to that width, and the experts are fused back smaller -- all in
+:mod:`prunekit.models.families.expert_channels`.  Experts ``unfuse_experts_`` keeps fused (a non-standard
+layout) refuse channels with one :class:`~prunekit.errors.ModelError`.
 """
 
 from __future__ import annotations
@@ -395,6 +402,8 @@ class GenericAdapter(FamilyAdapter):
         self._paths: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
         self._traces: dict[tuple, BlockTrace] = {}
         self._groups: "weakref.WeakKeyDictionary[nn.Module, dict[int, list]]" = weakref.WeakKeyDictionary()
+        # per model: block layout -> (index, {pattern: channels}) of the first pruned block holding experts
+        self._widths: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple]]" = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ layout
     def block_path(self, model: nn.Module) -> str:
@@ -468,21 +477,49 @@ class GenericAdapter(FamilyAdapter):
         """Derive block ``index``'s coupled groups from its computation (``prunekit.models.coupling``: the
         dependency probe) and keep those of :attr:`channel_kinds` for :meth:`coupled_groups`; returns them.
 
-        Raises ModelError for a block with mixture-of-experts weights (channels inside experts would give experts
-        of different widths, which transformers' fused expert parameters cannot hold)."""
-        from ..coupling import derive_groups
-        from .experts import LinearExperts
+        MoE experts must be unfused first (``unfuse_experts_``; the runner does it): each expert then has its own
+        channel groups (``expert_channels``: why the probe is sound through the router).  A new derivation of
+        block ``index`` starts a new pass: the widths :meth:`fix_block` recorded for blocks ``>= index`` are
+        forgotten.
 
+        Raises ModelError for a block whose expert weights are still fused 3-D parameters (a layout
+        ``unfuse_experts_`` keeps fused): their channels are not rows and columns of linear modules."""
+        from ..coupling import derive_groups
+
+        records = self._widths.get(model, {})
+        for layout, (first, _) in list(records.items()):
+            if first >= index:
+                del records[layout]
         block = self.blocks(model)[index]
-        if any(isinstance(m, LinearExperts) for m in block.modules()) or any(
-                p.dim() >= 3 for p in block.parameters()):
-            raise ModelError(f"structure 'channels' on block {index}: it holds mixture-of-experts weights, and "
-                             f"channels removed inside experts would leave experts of different widths, which the "
-                             f"fused expert parameters cannot hold. Fix: prune this model with structure "
-                             f"'unstructured' or an N:M pattern such as '2:4'.")
+        fused = sorted(n for n, p in block.named_parameters() if p.dim() >= 3)
+        if fused:
+            raise ModelError(f"structure 'channels' on block {index}: its mixture-of-experts weights {fused[:2]} "
+                             f"are still fused 3-D parameters (unfuse_experts_ keeps a non-standard layout fused), "
+                             f"so their channels are not linear rows and columns. Fix: prune this model with "
+                             f"structure 'unstructured' or an N:M pattern such as '2:4'.")
         groups = [g for g in derive_groups(model, self, index, sample_inputs) if g.kind in self.channel_kinds]
         self._groups.setdefault(model, {})[index] = groups
         return groups
+
+    def fix_block(self, model: nn.Module, index: int) -> None:
+        """Check a pruned block holding MoE experts (``surgery.pruned_block`` calls this before the block is
+        committed): every expert of an expert set keeps the same width, and the widths equal those of the first
+        pruned block of the same layout (``expert_channels.check_block_widths``).  Blocks without experts are
+        not checked (their widths may differ across blocks).
+
+        Raises ModelError when a rule is broken (the block is not committed)."""
+        from .expert_channels import check_block_widths, expert_pattern
+
+        block = self.blocks(model)[index]
+        prefix = self.block_prefix(model, index)
+        rels = [g.downstream[len(prefix) + 1:] for g in self.coupled_groups(model, index)
+                if g.kind in ("glu_channel", "ffn_channel")]
+        if not any(expert_pattern(r)[1] is not None for r in rels):
+            return
+        records = self._widths.setdefault(model, {})
+        layout = _layout(block)
+        widths = check_block_widths(block, rels, index, records.get(layout))
+        records.setdefault(layout, (index, widths))
 
     def coupled_groups(self, model: nn.Module, index: int) -> list:
         """The groups :meth:`derive_groups_` derived for block ``index`` (the runner derives them before a channel
@@ -512,7 +549,10 @@ def unrouted_solution(weight: torch.Tensor, spec, policy: str, base: dict[str, A
     router never picked on the calibration windows).
 
     ``policy="dense"`` (default) leaves it dense: no solution, the record's status says why.  ``"magnitude"``
-    prunes it to ``spec`` by weight magnitude (no calibration statistics exist for it).  ``base`` holds the
+    prunes it to ``spec`` by weight magnitude (no calibration statistics exist for it).  A channel ``spec``
+    (``Channels``: an MoE expert's channel group) is pruned by weight-norm channel scores under either policy,
+    since a dense expert would leave experts of different widths
+    (``expert_channels.unrouted_channels_solution``).  ``base`` holds the
     record's ``block``, ``module``, ``group``, ``shape`` and ``target_sparsity``, as in the runner.
     """
     from ..records import LayerRecord
@@ -520,6 +560,12 @@ def unrouted_solution(weight: torch.Tensor, spec, policy: str, base: dict[str, A
     if policy not in UNROUTED_POLICIES:
         raise ModelError(f"unrouted={policy!r} is not a policy for modules no calibration token reaches. Fix: use "
                          f"one of {UNROUTED_POLICIES}.")
+    from ...formulations import Channels
+
+    if isinstance(spec, Channels):  # an expert keeps its siblings' width: weight-norm channels, never dense
+        from .expert_channels import unrouted_channels_solution
+
+        return unrouted_channels_solution(weight, spec, base)
     if policy == "dense" or spec is None:
         return None, LayerRecord(**base, status="dense: no calibration token reached this module (an MoE expert no "
                                                "window was routed to); more or longer calibration windows, or "
