@@ -9,6 +9,7 @@ fallbacks of the warm start, and the optional least-squares ``refit`` of the fin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -327,7 +328,9 @@ class L1Relaxation(Formulation):
 
         "wanda"/"sparsegpt" use the WandaPruning/SparseGPTPruning formulations (torch, float64) when they are
         installed; otherwise Wanda's score-and-threshold rule is applied directly and SparseGPT falls back
-        to magnitude [derived fallback].
+        to magnitude [derived fallback].  SparseGPT has no error-correction form, so with X* terms (the
+        ``dense_sequential`` pipeline mode) its warm start solves the plain problem on the dense statistics G
+        [derived].
         """
         w = self.layer.weight.detach().double()
         if self.warm_start == "dense":
@@ -341,7 +344,10 @@ class L1Relaxation(Formulation):
                 cls = getattr(import_module(f".{self.warm_start}", __package__), name)
                 from ..solvers import solve
 
-                sol = solve(cls(self.layer, spec), backend="torch", dtype="float64")
+                layer = self.layer
+                if self.warm_start == "sparsegpt" and layer.has_error_correction:
+                    layer = dataclasses.replace(layer, gram_star=None, cross=None, check_psd=False)
+                sol = solve(cls(layer, spec), backend="torch", dtype="float64")
                 return sol.weights.detach().double().clone(), self.warm_start
             except (ImportError, AttributeError, NoSolverError):
                 pass

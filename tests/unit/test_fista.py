@@ -190,3 +190,19 @@ def test_runs_on_every_device(device):
     assert sol.weights.device.type == device.type
     assert torch.equal(sol.mask.cpu(), ref.mask)
     assert torch.allclose(sol.weights.cpu(), ref.weights, atol=1e-10)
+
+
+@pytest.mark.parametrize("spec", [Unstructured(0.5), NM(2, 4)], ids=str)
+def test_sparsegpt_warm_start_with_error_correction_solves_the_plain_problem(spec):
+    """With X* terms (the dense_sequential pipeline mode) SparseGPT cannot take the layer; the warm start is
+    SparseGPT on the dense statistics, and FISTA runs from it (it used to raise FormulationError)."""
+    from prunekit.formulations.sparsegpt import SparseGPTPruning
+
+    layer = _layer(3, m=4, n=8, star=True)
+    f = L1Relaxation(layer, spec, warm_start="sparsegpt", refit=True)
+    w_start, used = f.warm_start_weights()
+    plain = replace(layer, gram_star=None, cross=None)
+    expected = prunekit.solve(SparseGPTPruning(plain, spec), backend="torch", dtype="float64").weights
+    assert used == "sparsegpt" and torch.allclose(w_start, expected.double(), rtol=0, atol=1e-12)
+    sol = prunekit.solve(f, backend="torch", dtype="float64")
+    assert sol.extras["warm_start"] == "sparsegpt" and sol.residuals["mask_violations"] == 0
