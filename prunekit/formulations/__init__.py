@@ -28,6 +28,7 @@ _LAZY = {
     "FLAPRemoval": "flap",
     "PenaltyRelaxation": "penalty",
     "L1Relaxation": "l1",
+    "RefitL1Relaxation": "l1",
     "ADMMSplit": "admm",
     "SparseLLMSplit": "sparsellm",
     "LayerAllocation": "allocation",

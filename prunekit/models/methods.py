@@ -36,6 +36,7 @@ from ..errors import FormulationError
 from .structure import KINDS, Structure
 
 BUILTIN_FORMULATIONS = ("MagnitudePruning", "WandaPruning", "SparseGPTPruning", "MultipleRemoval", "L1Relaxation",
+                        "RefitL1Relaxation",
                         "CoupledStructuredRemoval", "PenaltyRelaxation", "FLAPRemoval", "ADMMSplit")
 """Names in ``prunekit.formulations`` scanned for ``method_name`` (the built-in methods, in table order)."""
 

@@ -206,3 +206,23 @@ def test_sparsegpt_warm_start_with_error_correction_solves_the_plain_problem(spe
     assert used == "sparsegpt" and torch.allclose(w_start, expected.double(), rtol=0, atol=1e-12)
     sol = prunekit.solve(f, backend="torch", dtype="float64")
     assert sol.extras["warm_start"] == "sparsegpt" and sol.residuals["mask_violations"] == 0
+
+
+def test_fista_refit_is_a_method_with_the_refit_and_sparsegpt_defaults():
+    """``fista_refit`` is its own type (FISTAPruner under ``fista`` keeps the paper's defaults) and solves like
+    L1Relaxation with refit=True, warm_start='sparsegpt'."""
+    from prunekit.formulations.l1 import RefitL1Relaxation
+    from prunekit.models.methods import builtin_methods
+
+    methods = builtin_methods()
+    assert methods["fista_refit"].formulation is RefitL1Relaxation
+    assert methods["fista"].formulation is L1Relaxation
+    plain = L1Relaxation(_layer(4), NM(2, 4))
+    assert (plain.refit, plain.warm_start) == (False, "wanda")
+    layer = _layer(4)
+    ours = prunekit.solve(RefitL1Relaxation(layer, NM(2, 4)), backend="torch", dtype="float64")
+    same = prunekit.solve(L1Relaxation(layer, NM(2, 4), refit=True, warm_start="sparsegpt"), backend="torch",
+                          dtype="float64")
+    assert torch.equal(ours.mask, same.mask) and torch.equal(ours.weights, same.weights)
+    twin = prunekit.solve(RefitL1Relaxation(layer, NM(2, 4)), backend="scipy")
+    assert torch.equal(ours.mask, twin.mask)

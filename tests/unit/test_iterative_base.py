@@ -16,7 +16,7 @@ import prunekit
 from prunekit.formulations.admm import ADMMSplit
 from prunekit.formulations.base import Formulation, Guarantee
 from prunekit.formulations.glu_recovery import GLURecovery
-from prunekit.formulations.l1 import L1Relaxation
+from prunekit.formulations.l1 import L1Relaxation, RefitL1Relaxation
 from prunekit.formulations.penalty import PenaltyRelaxation
 from prunekit.formulations.sparsellm import SparseLLMSplit
 from prunekit.formulations.sparsity import NM, SparsitySpec, Unstructured
@@ -34,7 +34,7 @@ from prunekit.verification.conformance import run_conformance, solver_kkt_bound
 from prunekit.verification.tolerances import ITERATIVE_KKT_FACTOR, for_dtype, kkt_bound
 from prunekit.verification.toy import random_layer
 
-ITERATIVE_FORMULATIONS = (L1Relaxation, PenaltyRelaxation, ADMMSplit, SparseLLMSplit, GLURecovery)
+ITERATIVE_FORMULATIONS = (L1Relaxation, RefitL1Relaxation, PenaltyRelaxation, ADMMSplit, SparseLLMSplit, GLURecovery)
 
 
 # ------------------------------------------------------------------------------------------ the record and the loop

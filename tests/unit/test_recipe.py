@@ -106,7 +106,7 @@ def test_every_method_supports_its_documented_structures():
     methods = builtin_methods()
     assert {m for m, s in methods.items() if s.supports(Structure("channels"))} == {"fasp", "spap", "flap", "admm"}
     assert {m for m, s in methods.items() if s.supports(Structure("nm", 2, 4))} == {
-        "magnitude", "wanda", "sparsegpt", "mrp", "fista", "admm"}
+        "magnitude", "wanda", "sparsegpt", "mrp", "fista", "fista_refit", "admm"}
 
 
 def test_unknown_method_option_names_valid_fields():

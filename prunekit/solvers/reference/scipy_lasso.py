@@ -15,7 +15,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from ...formulations.l1 import L1Relaxation
+from ...formulations.l1 import L1Relaxation, RefitL1Relaxation
 from ..base import Solver
 from ..options import ReferenceOptions
 from ..registry import register_solver
@@ -143,3 +143,8 @@ class ScipyLasso(Solver):
             extras={"lambda_trace": lam_trace, "e_total": e_total_trace, "e_best": e_best, "warm_start": warm_name,
                     "refit": refit},
         )
+
+
+@register_solver(RefitL1Relaxation, backend="scipy")
+class ScipyRefitLasso(ScipyLasso):
+    """The numpy FISTAPruner twin for ``fista_refit`` (projected mode)."""

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ...formulations.l1 import L1Relaxation, lasso_duality_gap
+from ...formulations.l1 import L1Relaxation, RefitL1Relaxation, lasso_duality_gap
 from ..iterative import IterationStats, IterativeSolver
 from ..options import SolverOptions
 from ..registry import register_solver
@@ -242,3 +242,9 @@ class TorchFISTA(IterativeSolver):
                     "e_best": e_best, "best_round": best_round, "warm_start": warm_name, "refit": refit,
                     "iterations_per_round": its_trace},
         )
+
+
+@register_solver(RefitL1Relaxation, backend="torch")
+class TorchRefitFISTA(TorchFISTA):
+    """The same loop for ``fista_refit`` (the registry does not follow inheritance: each formulation states its
+    own problem)."""
