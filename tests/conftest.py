@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -25,6 +26,32 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 HAS_CUDA = torch.cuda.is_available()
+
+
+@contextmanager
+def torch_threads(count: int):
+    """``torch.set_num_threads(count)`` for the duration, the previous count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test: tiny float64 problems (probes, factorizations) crawl with two threads on a
+    loaded 2-core machine."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """:func:`one_thread` for a whole module (``pytestmark = pytest.mark.usefixtures("one_thread_module")``)."""
+    with torch_threads(1):
+        yield
 HAS_CVXPY = importlib.util.find_spec("cvxpy") is not None
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 

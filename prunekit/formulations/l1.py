@@ -372,8 +372,6 @@ class L1Relaxation(Formulation):
         return cls(layer, spec, warm_start="magnitude")
 
 
-
-
 @dataclass(frozen=True, eq=False)
 class RefitL1Relaxation(L1Relaxation):
     """FISTAPruner's l1 relaxation with two [derived] defaults (not in the paper): the relaxed-lasso refit and a

@@ -54,9 +54,8 @@ _SORT_BELOW = 256  # slices up to this length are sorted; longer ones use select
 
 def _stable_topk_keep(scores: torch.Tensor, keep: int, dim: int = -1) -> torch.Tensor:
     """Boolean mask keeping the ``keep`` largest entries along ``dim``; ties go to the lower index."""
-    mask = torch.zeros_like(scores, dtype=torch.bool)
     if keep <= 0:
-        return mask
+        return torch.zeros_like(scores, dtype=torch.bool)
     if keep >= scores.shape[dim]:
         return torch.ones_like(scores, dtype=torch.bool)
     size = scores.shape[dim]
@@ -64,8 +63,7 @@ def _stable_topk_keep(scores: torch.Tensor, keep: int, dim: int = -1) -> torch.T
         # Short slices (N:M groups) sort faster than they select; NaN orders above every number in a descending
         # sort, a rule the selection below would not follow.
         order = torch.sort(scores, dim=dim, descending=True, stable=True).indices
-        mask.scatter_(dim, order.narrow(dim, 0, keep), True)
-        return mask
+        return torch.zeros_like(scores, dtype=torch.bool).scatter_(dim, order.narrow(dim, 0, keep), True)
     # Selection instead of a sort (O(n) per slice): everything above the keep-th largest value t, then as many
     # entries equal to t as are still needed, lowest index first -- the same set a stable descending sort keeps.
     threshold = torch.kthvalue(scores, size - keep + 1, dim=dim, keepdim=True).values

@@ -28,7 +28,6 @@ catches every non-finite input without scanning each activation batch.
 from __future__ import annotations
 
 import copy as _copy
-
 from typing import Optional
 
 import torch

@@ -18,20 +18,13 @@ from prunekit.models.allocation_rules import (
 from prunekit.models.recipe import CalibrationSettings, Recipe
 from prunekit.models.stores import ModelBlocks
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 CALIB = CalibrationSettings(nsamples=4, seqlen=24)
 
 
 def recipe(**kw) -> Recipe:
     return Recipe(calibration=CALIB, **kw)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is several times faster on a shared machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -23,15 +23,10 @@ GENERIC = ("phi3", "gpt_neox", "falcon", "falcon_mqa", "mixtral", "qwen2_moe")
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny float64 probes are fastest on one thread (and two threads crawl on a loaded 2-core machine); the
-    transformers modeling import (seconds) is paid here, once, not by the first test."""
+def modeling_imported(one_thread_module):
+    """One torch thread for the module (conftest); the transformers modeling import (seconds) is paid here, once,
+    not by the first test."""
     import transformers.models.llama.modeling_llama  # noqa: F401
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def generic_config(kind: str):

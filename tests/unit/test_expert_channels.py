@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-pytestmark = pytest.mark.hf
+pytestmark = [pytest.mark.hf, pytest.mark.usefixtures("one_thread_module")]
 
 from prunekit.errors import ModelError  # noqa: E402
 from prunekit.models.families.expert_channels import (  # noqa: E402
@@ -20,15 +20,6 @@ from prunekit.models.families.experts import LinearExperts, fuse_experts_, unfus
 from prunekit.models.families.generic import generic_adapter, unrouted_solution  # noqa: E402
 
 TOKENS = torch.randint(0, 96, (1, 8), generator=torch.Generator().manual_seed(0))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny float64 probes crawl with two threads on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def moe_model(kind: str, **overrides):

@@ -96,15 +96,6 @@ MOE = {  # tiny MoE checkpoints for channel pruning inside experts (name: family
 }
 
 
-@pytest.fixture
-def one_thread():
-    """The MoE channel runs probe tiny float64 blocks: two threads crawl on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _moe_folder(workdir, name):
     from _hf_tiny import tiny_tokenizer
     from test_generic_adapter import tiny_config

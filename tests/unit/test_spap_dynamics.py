@@ -34,17 +34,10 @@ from prunekit.formulations.reductions_spap import RelaxedChannelMIP, RelaxedToPe
 from prunekit.formulations.sparsity import Channels
 from prunekit.verification.claims.report_spap_gap import exact_error, glu_layer
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 TRIALS = 30
 VARIANTS = ("exact_lp", "momentum")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny factorizations: one thread avoids OpenMP contention on a shared machine (20 ms -> 3 us a Cholesky)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def toy(i: int):
