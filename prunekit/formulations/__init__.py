@@ -28,7 +28,7 @@ _LAZY = {
     "FLAPRemoval": "flap",
     "PenaltyRelaxation": "penalty",
     "L1Relaxation": "l1",
-    "RefitL1Relaxation": "l1",
+    "RefitL1Relaxation": "l1_refit",
     "ADMMSplit": "admm",
     "SparseLLMSplit": "sparsellm",
     "LayerAllocation": "allocation",

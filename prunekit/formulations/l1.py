@@ -372,41 +372,4 @@ class L1Relaxation(Formulation):
         return cls(layer, spec, warm_start="magnitude")
 
 
-@dataclass(frozen=True, eq=False)
-class RefitL1Relaxation(L1Relaxation):
-    """FISTAPruner's l1 relaxation with two [derived] defaults (not in the paper): the relaxed-lasso refit and a
-    SparseGPT warm start -- method ``fista_refit``.  ``fista`` stays FISTAPruner as its paper prescribes.
-
-    Same problem and loop as :class:`L1Relaxation` (minimize ``1/2 ||W_hat X* - W X||_F^2 + lambda ||W_hat||_1`` with
-    the hard projection onto the sparsity spec and the adaptive lambda), with
-
-    * ``refit=True``: the kept weights of the final support are replaced by the damped least-squares optimum on it
-      (kept only if it lowers the error);
-    * ``warm_start="sparsegpt"``: the loop starts from SparseGPT's solution (on the dense statistics when X* terms
-      are present) instead of Wanda's.
-
-    Measured on the standard protocol (smollm2-135m, 2:4, uniform; benchmarks/ALLOCATION.md): 63.87 against
-    FISTAPruner's 124.8, ``refit`` alone (Wanda start) 65.54 and SparseGPT's 84.06.
-    """
-
-    refit: bool = True
-    warm_start: Literal["wanda", "sparsegpt", "dense", "magnitude"] = "sparsegpt"
-
-    paper: ClassVar[str] = ("FISTAPruner (Zhao et al., arXiv 2408.03728) with a least-squares refit and a SparseGPT "
-                            "warm start [derived]")
-    method_name: ClassVar[str] = "fista_refit"
-
-    @classmethod
-    def example(cls, rng) -> "RefitL1Relaxation":
-        """A projected-mode instance of :meth:`L1Relaxation.example` with this method's defaults (the refit belongs
-        to the projected mode; the pure-lasso draws are :class:`L1Relaxation`'s)."""
-        from dataclasses import fields
-
-        base = L1Relaxation.example(rng)
-        while not base.project:
-            base = L1Relaxation.example(rng)
-        keep = {f.name: getattr(base, f.name) for f in fields(base) if f.name not in ("refit", "warm_start")}
-        return cls(**keep)
-
-
-__all__ = ["L1Relaxation", "LAMBDA_INITS", "ROUNDOFF_ULPS", "RefitL1Relaxation", "WARM_STARTS", "lasso_duality_gap"]
+__all__ = ["L1Relaxation", "LAMBDA_INITS", "ROUNDOFF_ULPS", "WARM_STARTS", "lasso_duality_gap"]

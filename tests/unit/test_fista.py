@@ -211,7 +211,7 @@ def test_sparsegpt_warm_start_with_error_correction_solves_the_plain_problem(spe
 def test_fista_refit_is_a_method_with_the_refit_and_sparsegpt_defaults():
     """``fista_refit`` is its own type (FISTAPruner under ``fista`` keeps the paper's defaults) and solves like
     L1Relaxation with refit=True, warm_start='sparsegpt'."""
-    from prunekit.formulations.l1 import RefitL1Relaxation
+    from prunekit.formulations.l1_refit import RefitL1Relaxation
     from prunekit.models.methods import builtin_methods
 
     methods = builtin_methods()

@@ -16,7 +16,8 @@ import prunekit
 from prunekit.formulations.admm import ADMMSplit
 from prunekit.formulations.base import Formulation, Guarantee
 from prunekit.formulations.glu_recovery import GLURecovery
-from prunekit.formulations.l1 import L1Relaxation, RefitL1Relaxation
+from prunekit.formulations.l1 import L1Relaxation
+from prunekit.formulations.l1_refit import RefitL1Relaxation
 from prunekit.formulations.penalty import PenaltyRelaxation
 from prunekit.formulations.sparsellm import SparseLLMSplit
 from prunekit.formulations.sparsity import NM, SparsitySpec, Unstructured

@@ -15,7 +15,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from ...formulations.l1 import L1Relaxation, RefitL1Relaxation
+from ...formulations.l1 import L1Relaxation
+from ...formulations.l1_refit import RefitL1Relaxation
 from ..base import Solver
 from ..options import ReferenceOptions
 from ..registry import register_solver

@@ -26,7 +26,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ...formulations.l1 import L1Relaxation, RefitL1Relaxation, lasso_duality_gap
+from ...formulations.l1 import L1Relaxation, lasso_duality_gap
+from ...formulations.l1_refit import RefitL1Relaxation
 from ..iterative import IterationStats, IterativeSolver
 from ..options import SolverOptions
 from ..registry import register_solver
