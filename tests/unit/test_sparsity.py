@@ -125,3 +125,18 @@ def test_selection_keeps_what_a_stable_sort_keeps(rows, size, levels, frac, seed
     assert torch.equal(_stable_topk_keep(scores, keep, dim=1), _sorted_keep(scores, keep, 1))
     flat = scores.reshape(-1)
     assert torch.equal(_stable_topk_keep(flat, keep, dim=0), _sorted_keep(flat, keep, 0))
+
+
+@given(size=st.integers(2, 8), rows=st.integers(1, 40), cols=st.sampled_from([1, 3, 2100]),
+       levels=st.integers(1, 4), seed=st.integers(0, 2**16), data=st.data())
+def test_short_slices_rank_by_comparison_as_a_stable_sort(size, rows, cols, levels, seed, data):
+    """N:M-length slices are ranked by pairwise comparison (all pairs at once when small, pair by pair when
+    large); the kept set equals a stable descending sort's, ties (few levels) included, along any dim."""
+    from prunekit.formulations.sparsity import _pairwise_keep, _stable_topk_keep
+
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, levels, (rows, size, cols), generator=gen).float()
+    keep = data.draw(st.integers(1, size - 1))
+    assert torch.equal(_pairwise_keep(scores, keep, 1), _sorted_keep(scores, keep, 1))
+    moved = scores.movedim(1, 2).contiguous()
+    assert torch.equal(_stable_topk_keep(moved, keep, dim=2), _sorted_keep(moved, keep, 2))
