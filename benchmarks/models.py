@@ -248,7 +248,7 @@ def build_recipe(method: str, setting: str, args):
     attention = ATTENTION_MODE.get(method, "none") if spec["attention"] == "auto" else spec["attention"]
     base, options, mode = VARIANTS.get(method, (method, {}, None))
     return Recipe(method=base, structure=spec["structure"], sparsity=spec["sparsity"], attention=attention,
-                  options=options,
+                  options=options, allocation="uniform",  # the table's rows are uniform (allocation.py: others)
                   calibration=CalibrationSettings(source="wikitext2", nsamples=args.nsamples, seqlen=args.seqlen,
                                                   seed=0, mode=mode or "auto"))
 

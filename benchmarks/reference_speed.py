@@ -121,7 +121,7 @@ def build_recipe(run: PrunekitRun, nsamples: int, seqlen: int):
     from prunekit.models.recipe import CalibrationSettings, Recipe
 
     return Recipe(method=run.method, structure=run.structure, sparsity=run.sparsity, attention=run.attention,
-                  round_to=run.round_to,
+                  round_to=run.round_to, allocation="uniform",  # the references prune uniformly (FLAP: UL-UM)
                   calibration=CalibrationSettings(source="wikitext2", nsamples=nsamples, seqlen=seqlen, seed=0))
 
 

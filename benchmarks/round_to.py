@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     rows = []
     for value in args.values:
         model = copy.deepcopy(dense)
-        recipe = prunekit.Recipe(method=args.method, structure="channels", sparsity=args.sparsity, round_to=value)
+        recipe = prunekit.Recipe(method=args.method, structure="channels", sparsity=args.sparsity, round_to=value,
+                                 allocation="uniform")
         result = prunekit.prune(model, recipe, calib, progress=False)
         ppl = perplexity(model, test, 512, windows=64)
         widths = sorted({r.kept_units for r in result.report.layers if r.kept_units is not None})

@@ -58,6 +58,7 @@ def calibration_tokens(recipe: Recipe, calibration, *, tokenizer=None, data_dir=
 def _run(model: nn.Module, recipe: RecipeLike, calibration, sink, *, device, progress, tokenizer, data_dir,
          ratios) -> tuple[Recipe, PruningPlan]:
     from .models.allocate import allocate
+    from .models.allocation_default import resolve_allocation
     from .models.runner import run
     from .models.stores import ModelBlocks
 
@@ -66,6 +67,7 @@ def _run(model: nn.Module, recipe: RecipeLike, calibration, sink, *, device, pro
     recipe = Recipe.coerce(recipe)
     device = parse_device(device)
     store = ModelBlocks(model)
+    recipe = resolve_allocation(recipe, store.adapter)  # "auto" -> this model's rule (the returned recipe records it)
     tokens = calibration_tokens(recipe, calibration, tokenizer=tokenizer, data_dir=data_dir, model=model)
     if ratios is None and recipe.allocation != "uniform":
         ratios = allocate(store, recipe, tokens, device=device, progress=progress)

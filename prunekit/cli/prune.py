@@ -278,8 +278,10 @@ def register(subparsers) -> None:
     p.add_argument("--mode", default=None, choices=("auto", "propagated", "sequential", "dense", "dense_sequential"))
     p.add_argument("--recipe", default=None, help="recipe file (JSON or YAML); flags override its fields")
     p.add_argument("--allocation", default=None, choices=ALLOCATIONS,
-                   help="sparsity across layers, one global budget: uniform (default); owl (unstructured: outlier-"
-                        "weighted per block); adaptive (channels: FLAP's global threshold); softmax, global_threshold")
+                   help="sparsity across layers, one global budget: auto (default: the measured best -- owl for "
+                        "unstructured >= 60%%, adaptive for fasp/flap channels, else uniform); uniform; owl "
+                        "(unstructured: outlier-weighted per block); adaptive (channels: FLAP's global threshold); "
+                        "softmax, global_threshold")
     p.add_argument("--temperature", type=positive, default=None, help="softmax allocation temperature")
     p.add_argument("--owl-m", dest="owl_m", type=positive, default=None, help="OWL outlier threshold M (default 5)")
     p.add_argument("--owl-lambda", dest="owl_lambda", type=non_negative, default=None,

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from ..errors import SparsityError
+from .allocation_default import resolve_allocation
 from .allocation_rules import Allocation, Grid, TargetStats, allocate_targets, standardized_unit_scores
 from .calibration import capture_block_inputs, collect_grams, forward_block
 from .recipe import Recipe
@@ -183,7 +184,9 @@ def allocation(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu", pro
                prepass: Optional[list[TargetStats]] = None) -> Allocation:
     """The recipe's :class:`~prunekit.models.allocation_rules.Allocation` (continuous and realized per-target
     sparsities, budget and pruned weights) for ``store`` (a block store or a model object)."""
-    stats = prepass or importance_prepass(_as_store(store), recipe, tokens, device=device, progress=progress)
+    store = _as_store(store)
+    recipe = resolve_allocation(recipe, store.adapter)
+    stats = prepass or importance_prepass(store, recipe, tokens, device=device, progress=progress)
     return allocate_targets(stats, recipe.allocation, float(recipe.sparsity), temperature=float(recipe.temperature),
                             max_sparsity=float(recipe.max_sparsity), owl_lambda=float(recipe.owl_lambda),
                             ratio_of=lambda i, c: _runner_ratio(stats[i].grid, c))
@@ -193,6 +196,8 @@ def allocate(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu", progr
              prepass: Optional[list[TargetStats]] = None) -> dict[str, float]:
     """Per-target sparsities ``{key: s_l}`` meeting the recipe's global budget under its allocation rule
     (``{}`` for ``uniform``); ``store``: a ``prunekit.models.stores`` block store, or a model object."""
+    store = _as_store(store)
+    recipe = resolve_allocation(recipe, store.adapter)
     if recipe.allocation == "uniform":
         return {}
     return allocation(store, recipe, tokens, device=device, progress=progress, prepass=prepass).ratios

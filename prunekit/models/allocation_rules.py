@@ -56,9 +56,12 @@ def check_allocation(allocation, kind: str, owl_m, owl_lambda) -> None:
     FormulationError
         Naming the field, the value and the fix.
     """
+    if allocation == "auto":  # resolved per run (models.allocation_default); only its OWL options are checked
+        allocation = "uniform"
     if not isinstance(allocation, str) or allocation not in RULES:
-        raise FormulationError(f"allocation must be one of {list(RULES)}, got {allocation!r}. Fix: use one of those "
-                               f"(owl for unstructured, adaptive for channels, softmax for either).")
+        raise FormulationError(f"allocation must be one of {['auto', *RULES]}, got {allocation!r}. Fix: use one of "
+                               f"those (auto: the measured best; owl for unstructured, adaptive for channels, softmax "
+                               f"for either).")
     if kind == "nm" and allocation != "uniform":
         raise FormulationError(f"allocation={allocation!r} cannot change an N:M ratio (N:M prunes a fixed n/m of "
                                f"every group). Fix: use allocation='uniform' with an N:M structure.")

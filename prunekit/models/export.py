@@ -503,13 +503,15 @@ def _generic_widths(b: _Builder) -> None:
                        f"round_to of 8 avoids it).")
     if all(old == new for old, new in pairs):
         return
+    shapes = _written_shapes(b.model, b.specs, _tied_duplicates(b.model))
+    if _check_against_stock(b.config, shapes) is None:
+        return  # the config already holds the kept widths (GenericAdapter.fix_config after an in-memory prune)
     news: dict[int, list[int]] = {}
     for old, new in sorted(pairs):
         news.setdefault(old, []).append(new)
     keys = [k for k, v in b.config.items() if isinstance(v, int) and not isinstance(v, bool) and v in news]
     options = [[b.config[k]] + [n for n in news[b.config[k]] if n != b.config[k]] for k in keys]
     trials = sorted(itertools.product(*options), key=lambda a: sum(v != b.config[k] for k, v in zip(keys, a)))
-    shapes = _written_shapes(b.model, b.specs, _tied_duplicates(b.model))
     for values in trials[:GENERIC_WIDTH_TRIALS]:
         changed = {k: v for k, v in zip(keys, values) if v != b.config[k]}
         if not changed or _check_against_stock(dict(b.config, **changed), shapes) is not None:

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
+from .allocation_default import resolve_allocation
 from .recipe import Recipe
 from .records import RunReport, versions
 
@@ -178,6 +179,7 @@ def _prune_checkpoint(ctx, model, recipe, out, *, overwrite, resume, device, pro
         for note in output.notes if output is not None else ():
             say(f"prunekit: {note}")
         store = ctx.checked(CheckpointBlocks, folder)
+        recipe = resolve_allocation(recipe, store.adapter)  # "auto" -> this model's rule, recorded in the report
         kept = {}
 
         def read_calibration():  # rank 0: the tokenizer and the windows (they reach every rank)

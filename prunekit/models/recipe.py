@@ -7,7 +7,9 @@ A recipe names
 * the **structure**, parsed once into a :class:`~prunekit.models.structure.Structure` (``unstructured``, ``2:4``
   or any ``N:M``, ``channels``), which the method must support;
 * the target **sparsity** (N:M fixes it to n/m: another value is an error) and its **allocation** across layers
-  (:mod:`prunekit.models.allocation_rules`; every rule meets the global weight budget): ``uniform``; ``softmax`` at
+  (:mod:`prunekit.models.allocation_rules`; every rule meets the global weight budget): ``auto`` (default: the
+  allocation measured best for the setting, resolved when the run starts -- OWL for unstructured >= 60%,
+  adaptive for FASP/FLAP channels, uniform otherwise; :mod:`prunekit.models.allocation_default`); ``uniform``; ``softmax`` at
   ``temperature`` / ``global_threshold`` from dense importance scores (StructPrune, §7.3); ``owl`` (unstructured:
   outlier-weighted per block, ``owl_m`` = M, ``owl_lambda`` = lambda); ``adaptive`` (channels: FLAP's AL-AM, one
   threshold on per-target standardized unit scores); ``max_sparsity`` caps every target;
@@ -49,7 +51,7 @@ from .structure import Structure
 
 VERSION = 2
 
-ALLOCATIONS = ("uniform", "softmax", "global_threshold", "owl", "adaptive")  # prunekit.models.allocation_rules
+ALLOCATIONS = ("auto", "uniform", "softmax", "global_threshold", "owl", "adaptive")  # models.allocation_rules
 ATTENTION = ("none", "heads", "vo_channels")
 MODES = ("auto", "propagated", "sequential", "dense", "dense_sequential")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -130,7 +132,7 @@ class Recipe:
     structure: Any = "unstructured"
     sparsity: Optional[float] = None
     options: Mapping[str, Any] = field(default_factory=dict)
-    allocation: str = "uniform"
+    allocation: str = "auto"
     temperature: float = 1.0
     max_sparsity: float = 0.95
     owl_m: float = 5.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-FAMILY_TYPES = ("llama", "llama_mha", "mistral", "qwen2", "qwen3", "gemma", "gemma3_text", "opt", "gpt2")
+FAMILY_TYPES = ("llama", "llama_mha", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "opt", "gpt2")
 
 
 def tiny_config(kind: str):
@@ -24,6 +24,8 @@ def tiny_config(kind: str):
         return tf.Qwen3Config(**common, head_dim=8)
     if kind == "gemma":
         return tf.GemmaConfig(**common, head_dim=16)
+    if kind == "gemma2":  # soft-capped attention and logits, four norms per block, alternating sliding window
+        return tf.Gemma2Config(**common, head_dim=16, sliding_window=8, query_pre_attn_scalar=16)
     if kind == "gemma3_text":
         return tf.Gemma3TextConfig(**common, head_dim=16, sliding_window=8, query_pre_attn_scalar=16)
     if kind == "opt":

@@ -25,7 +25,8 @@ SCENARIOS = ("uniform", "hetero", "bias_down", "bias_o", "heads", "vo", "heads_v
 
 # families whose stock class has no bias (and no flag) for the module that receives the FLAP bias
 NO_STOCK_FORM = {("mistral", "bias_down"), ("mistral", "bias_o"), ("qwen2", "bias_down"), ("qwen2", "bias_o"),
-                 ("qwen3", "bias_down"), ("gemma", "bias_down"), ("gemma3_text", "bias_down")}
+                 ("qwen3", "bias_down"), ("gemma", "bias_down"), ("gemma2", "bias_down"),
+                 ("gemma3_text", "bias_down")}
 
 
 def _group(model, block, kinds):

@@ -346,3 +346,21 @@ def test_any_causal_lm_prunes_2_4_through_the_pipeline():
         w = layer.mlp.dense_h_to_4h.weight
         assert w.reshape(w.shape[0], -1, 4).ne(0).sum(-1).le(2).all()
     assert torch.isfinite(m(TOKENS).logits).all()
+
+
+@pytest.mark.parametrize("kind", ["phi3", "gpt_neox"])
+def test_an_in_memory_channel_prune_leaves_a_config_that_describes_the_model(kind):
+    """After ``prunekit.prune`` with channels on a model with no family adapter, ``model.config`` holds the kept
+    MLP width (before: the original width stayed in memory, only the saved config was right): a stock model
+    built from the config has exactly the pruned model's parameter shapes."""
+    import prunekit
+    from prunekit.models.recipe import CalibrationSettings, Recipe
+
+    model = tiny_model(kind)
+    recipe = Recipe(method="fasp", structure="channels", sparsity=0.25, allocation="uniform",
+                    calibration=CalibrationSettings(nsamples=2, seqlen=8))
+    prunekit.prune(model, recipe, TOKENS, progress=False)
+    assert model.config.intermediate_size == 48  # 64 channels, 25% pruned
+    stock = type(model)(model.config)
+    assert {k: tuple(v.shape) for k, v in stock.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in model.state_dict().items()}

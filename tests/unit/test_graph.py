@@ -19,6 +19,7 @@ EXPECTED_KINDS = {
     "qwen2": {"glu_channel", "gqa_group", "vo_channel"},
     "qwen3": {"glu_channel", "gqa_group", "vo_channel"},
     "gemma": {"glu_channel", "gqa_group", "vo_channel"},
+    "gemma2": {"glu_channel", "gqa_group", "vo_channel"},
     "gemma3_text": {"glu_channel", "gqa_group", "vo_channel"},
     "opt": {"ffn_channel", "attention_head", "vo_channel"},
     "gpt2": {"ffn_channel", "attention_head", "vo_channel"},
@@ -133,5 +134,5 @@ def test_unsupported_architecture_lists_supported_types():
         build_graph(model)
     msg = str(info.value)
     assert "'bert'" in msg
-    for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3_text", "opt", "gpt2"):
+    for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "opt", "gpt2"):
         assert t in msg and t in supported_model_types()

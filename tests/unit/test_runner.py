@@ -51,7 +51,8 @@ def linear_weights(model):
 def test_fasp_channels_removes_units_and_leaves_model_alone_until_apply(family, tokens):
     model = tiny(family)
     before = copy.deepcopy(model.state_dict())
-    plan = prunekit.plan(model, recipe(method="fasp", structure="channels", sparsity=0.3), tokens, progress=False)
+    plan = prunekit.plan(model, recipe(method="fasp", structure="channels", sparsity=0.3, allocation="uniform"), tokens,
+                         progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "plan() changed the model"
     assert len(plan.group_edits) == 2  # one MLP group per block
     for edit in plan.group_edits.values():
@@ -139,8 +140,8 @@ def test_fista_uses_dense_sequential_mode_and_round_to(tokens):
     p = prunekit.plan(model, recipe(method="fista", structure="unstructured", sparsity=0.5), tokens, progress=False)
     assert p.provenance["mode"] == "dense_sequential"
     assert all(r.sparsity == pytest.approx(0.5) for r in p.records)
-    p = prunekit.plan(model, recipe(method="fasp", structure="channels", sparsity=0.3, round_to=8), tokens,
-                      progress=False)
+    p = prunekit.plan(model, recipe(method="fasp", structure="channels", sparsity=0.3, round_to=8,
+                                    allocation="uniform"), tokens, progress=False)
     assert all(len(e.kept_units) == 48 for e in p.group_edits.values())
 
 
@@ -172,7 +173,7 @@ def test_every_method_runs_through_the_runner(method):
     tokens = torch.randint(2, 300, (2, 16), generator=torch.Generator().manual_seed(1))
     model = tiny("llama")
     r = Recipe(method=method, structure=structure, sparsity=0.25 if structure == "channels" else None,
-               calibration=CalibrationSettings(nsamples=2, seqlen=16))  # N:M fixes the sparsity to n/m
+               allocation="uniform", calibration=CalibrationSettings(nsamples=2, seqlen=16))  # N:M fixes the sparsity to n/m
     p = prunekit.plan(model, r, tokens, progress=False)
     assert p.records and all(math.isfinite(row.objective) for row in p.records)
     assert all(row.mask_violations == 0 for row in p.records)

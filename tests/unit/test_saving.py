@@ -40,7 +40,8 @@ def _logits(model, x):
 
 def _pruned(family, hetero, kinds=None):
     model = tiny_model(family, dtype=torch.float32)
-    model.config._attn_implementation = "sdpa"  # what from_pretrained gives back
+    if family != "gemma2":  # what from_pretrained gives back (eager for Gemma2: sdpa has no logit soft-capping)
+        model.config._attn_implementation = "sdpa"
     plan = _plan(model, hetero, kinds)
     apply_(model, plan)
     return model, plan

@@ -521,6 +521,27 @@ class GenericAdapter(FamilyAdapter):
         widths = check_block_widths(block, rels, index, records.get(layout))
         records.setdefault(layout, (index, widths))
 
+    def fix_config(self, model: nn.Module) -> None:
+        """Set ``model.config``'s MLP width fields to the kept widths after channel surgery, where the stock class
+        then describes every pruned shape -- the same search the saved output's config gets
+        (:func:`prunekit.models.export.stock_layout`); a model without such a field keeps its config (its saved
+        output says why).  No-op after unstructured / N:M pruning (no width changed)."""
+        from ...errors import ModelError
+        from ..export import STOCK, stock_layout
+
+        try:
+            layout = stock_layout(model)
+        except ModelError:  # e.g. fused experts of different widths: saving says so, with the fix
+            return
+        if layout.format != STOCK:
+            return
+        current = model.config.to_dict()
+        for key, value in layout.config.items():
+            old = current.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and isinstance(old, int) \
+                    and not isinstance(old, bool) and old != value:
+                setattr(model.config, key, value)
+
     def coupled_groups(self, model: nn.Module, index: int) -> list:
         """The groups :meth:`derive_groups_` derived for block ``index`` (the runner derives them before a channel
         run solves the block), else ``[]`` (unstructured / N:M edits need no group)."""
