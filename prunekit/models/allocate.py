@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from ..errors import SparsityError
+from ..errors import ModelError, SparsityError
 from .allocation_default import resolve_allocation
 from .allocation_rules import Allocation, Grid, TargetStats, allocate_targets, standardized_unit_scores
 from .calibration import capture_block_inputs, collect_grams, forward_block
@@ -86,6 +86,7 @@ def importance_prepass(store, recipe: Recipe, tokens: torch.Tensor, *, device="c
         iterator = tqdm(iterator, desc="prunekit allocation pre-pass", unit="block")
     for index in iterator:
         dense = ctx.checked(lambda: as_compute(store.load(index), device, dtype))
+        ctx.checked(_derive_groups, model, adapter, index, dense, inputs, recipe, device)
         targets = block_targets(model, adapter, index, dense, recipe)
         accs = ctx.checked(collect_grams, dense, inputs, [t.rel for t in targets], device=device, diagonal=True)
         owners = ctx.owners([solve_cost(dense.get_submodule(t.rel), adapter) for t in targets])
@@ -107,6 +108,30 @@ def importance_prepass(store, recipe: Recipe, tokens: torch.Tensor, *, device="c
         vectors = _proportional([s.scores for s in stats], [s.num_scores for s in stats])
         stats = [dataclasses.replace(s, scores=v) for s, v in zip(stats, vectors)]
     return stats
+
+
+def _derive_groups(model, adapter, index: int, dense, inputs, recipe: Recipe, device) -> None:
+    """A model pruned through the generic adapter has no channel groups until they are derived from its blocks'
+    computation (``GenericAdapter.derive_groups_``, which the runner calls again when it prunes the block): derive
+    them here, on the dense block, so that the allocation sees the same targets the run will prune.
+
+    Raises
+    ------
+    ModelError
+        The block holds fused MoE experts: every expert set keeps one width, which a non-uniform channel
+        allocation would break.
+    """
+    if recipe.structure.kind != "channels" or not hasattr(adapter, "derive_groups_"):
+        return
+    fused = sorted(n for n, p in adapter.blocks(model)[index].named_parameters() if p.dim() >= 3)
+    if fused:
+        raise ModelError(f"allocation={recipe.allocation!r} with structure 'channels' cannot prune block {index}: "
+                         f"its mixture-of-experts weights ({fused[0]}, ...) must keep one width per expert set, "
+                         f"which a per-group allocation would break. Fix: use allocation='uniform' for channels "
+                         f"on this model, or structure 'unstructured' with any allocation.")
+    if hasattr(adapter, "trace") and adapter.traced(dense) is None:
+        adapter.trace(dense, inputs, device=device)
+    adapter.derive_groups_(model, index, inputs)
 
 
 def _score_own_targets(rank: int, index: int, targets, owners, accs, dense, adapter, recipe: Recipe) -> dict:

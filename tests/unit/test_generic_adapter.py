@@ -364,3 +364,24 @@ def test_an_in_memory_channel_prune_leaves_a_config_that_describes_the_model(kin
     stock = type(model)(model.config)
     assert {k: tuple(v.shape) for k, v in stock.state_dict().items()} == \
         {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_non_uniform_channel_allocation_on_a_model_without_adapter():
+    """The allocation pre-pass derives the generic adapter's channel groups from each dense block (before: no
+    group existed until the run, so softmax / adaptive allocation of channels failed): softmax gives the blocks
+    different widths that meet the global budget; fused MoE experts are refused with the fix."""
+    import prunekit
+    from prunekit.models.recipe import CalibrationSettings, Recipe
+
+    calibration = CalibrationSettings(nsamples=2, seqlen=8)
+    model = tiny_model("phi3")
+    recipe = Recipe(method="fasp", structure="channels", sparsity=0.4, allocation="softmax", temperature=0.05,
+                    calibration=calibration)
+    plan = prunekit.plan(model, recipe, TOKENS, progress=False)
+    kept = [len(e.kept_units) for e in plan.group_edits.values()]
+    assert len(kept) == 2 and kept[0] != kept[1]
+    assert sum(64 - k for k in kept) == round(0.4 * 128)
+    with pytest.raises(ModelError, match="allocation='uniform'"):
+        prunekit.plan(tiny_model("mixtral"), Recipe(method="fasp", structure="channels", sparsity=0.3,
+                                                    allocation="adaptive", calibration=calibration), TOKENS,
+                      progress=False)
