@@ -247,6 +247,21 @@ def target_keys(store, recipe: Recipe) -> list[str]:
     return [t.key for i in range(len(store)) for t in block_targets(model, adapter, i, blocks[i], recipe)]
 
 
+def derives_groups(store, recipe: Recipe) -> bool:
+    """True when the recipe's targets are coupled groups that the store's adapter derives block by block during
+    the run (the generic adapter with structure 'channels'), so they cannot all be listed before it."""
+    return recipe.structure.kind == "channels" and hasattr(_as_store(store).adapter, "derive_groups_")
+
+
+def check_block_ratios(ratios: Mapping[str, float], prefix: str, keys: list[str]) -> None:
+    """The keys of ``ratios`` that belong to the block at ``prefix`` (``"model.layers.3."``) name its targets
+    ``keys`` (the groups just derived for it); raises SparsityError naming them otherwise."""
+    unknown = sorted(k for k in ratios if k.startswith(prefix) and k not in keys)
+    if unknown:
+        raise SparsityError(f"ratios has key(s) {unknown[:5]} that name no coupled group of block {prefix[:-1]!r} "
+                            f"under the recipe; its groups: {keys}. Fix: use these keys.")
+
+
 def check_ratios(ratios: Mapping[str, Any], store, recipe: Recipe) -> dict[str, float]:
     """``ratios`` checked against the model and recipe, as ``{key: float}``.
 
@@ -270,6 +285,17 @@ def check_ratios(ratios: Mapping[str, Any], store, recipe: Recipe) -> dict[str, 
             raise SparsityError(f"ratios[{key!r}] = {value!r} is not a sparsity in [0, 1). Fix: give each target "
                                 f"the fraction of its weights (or units) to prune, e.g. 0.5.")
         out[key] = float(value)
+    if out and derives_groups(store, recipe):
+        # generic adapter: the channel groups exist only once derived from each dense block during the run, so
+        # here only the block each key names is checked; the runner checks the rest when it derives the block
+        store = _as_store(store)
+        prefixes = [store.adapter.block_prefix(store.model, i) + "." for i in range(len(store))]
+        stray = sorted(k for k in out if not any(k.startswith(p) for p in prefixes))
+        if stray:
+            raise SparsityError(f"ratios has key(s) {stray[:5]} that name no decoder block of this model (keys of a "
+                                f"channel run are coupled-group names such as {prefixes[0]}mlp:glu_channel). "
+                                f"Fix: use the group names of prunekit.plan(...).group_edits or of a run's plan.json.")
+        return out
     if out:
         valid = target_keys(store, recipe)
         unknown = sorted(set(out) - set(valid), key=str)
@@ -282,4 +308,5 @@ def check_ratios(ratios: Mapping[str, Any], store, recipe: Recipe) -> dict[str, 
     return out
 
 
-__all__ = ["allocate", "allocation", "check_ratios", "importance_prepass", "target_keys"]
+__all__ = ["allocate", "allocation", "check_block_ratios", "check_ratios", "derives_groups", "importance_prepass",
+           "target_keys"]

@@ -208,6 +208,24 @@ def _statistics(recipe: Recipe, dense: nn.Module, work: Optional[nn.Module], inp
                          outputs=outputs)
 
 
+def _derive_committed_groups(store, index: int, inputs, recipe: Recipe, device, dtype) -> None:
+    """On resume, a committed block is rebuilt from its kept units, which name its coupled groups: a model
+    pruned through the generic adapter has them only once derived from the dense block (``derive_groups_``,
+    as :func:`prune_block` does), so derive them here on the same inputs.  No-op for family adapters."""
+    adapter = store.adapter
+    if recipe.structure.kind != "channels" or not hasattr(adapter, "derive_groups_"):
+        return
+    block = store.load(index)
+    unfuse_experts_(block)  # each expert's channels are groups of their own, as in the run
+    try:
+        dense = as_compute(block, device, dtype)
+        if hasattr(adapter, "trace") and adapter.traced(dense) is None:
+            adapter.trace(dense, inputs, device=device)
+        adapter.derive_groups_(store.model, index, inputs)
+    finally:
+        fuse_experts_(block)  # the stored layout again (sink.committed rebuilds from it)
+
+
 def prune_block(store, index: int, block: nn.Module, inputs, recipe: Recipe, *, device, dtype,
                 ratios: Optional[dict[str, float]], ctx=SINGLE,
                 outputs: Optional[list] = None) -> tuple[PruningPlan, nn.Module]:
@@ -229,6 +247,10 @@ def prune_block(store, index: int, block: nn.Module, inputs, recipe: Recipe, *, 
             adapter.derive_groups_(model, index, inputs)  # generic adapter: groups from the dependency probe
         work = copy.deepcopy(dense) if sequential else dense  # receives the solutions (sequential X*)
         targets = block_targets(model, adapter, index, dense, recipe)
+        if ratios and recipe.structure.kind == "channels" and hasattr(adapter, "derive_groups_"):
+            from .allocate import check_block_ratios  # keys of derived groups are checked once they exist
+
+            check_block_ratios(ratios, adapter.block_prefix(model, index) + ".", [t.key for t in targets])
         stages = adapter.stages(dense) if sequential else [[t.rel for t in targets]]
         return dense, work, targets, stages
 
@@ -313,6 +335,8 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
             last = index + 1 == len(store)
             if index < sink.resume_from:  # committed by an earlier (killed) run: only propagate through it
                 committed = None
+                if calibrated:  # the groups its committed edits name (generic adapter: derived, as when it ran)
+                    ctx.checked(_derive_committed_groups, store, index, inputs, recipe, device, dtype)
                 if not last and calibrated:
                     committed = ctx.checked(store.load, index) if dense_inputs else sink.committed(store, index)
                 inputs = ctx.checked(_propagate_and_release, store, index, committed, inputs, device, dtype, storage)

@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .families.experts import fuse_experts_, unfuse_experts_
 from .plan import GroupEdit, PruningPlan
 from .records import LayerRecord
 from .surgery import load_block_state_, pruned_block, replace_block_
@@ -123,8 +124,17 @@ class CheckpointSink(PlanSink):
 
         prefix = store.adapter.block_prefix(store.model, index)
         groups = self.committed_groups(index)
-        store.load(index)
-        block = pruned_block(store.model, store.adapter, index, PruningPlan(group_edits=groups))
+        loaded = store.load(index)
+        experts = store.adapter.name == "generic" and bool(groups)  # MoE experts were pruned one by one: unfuse
+        if experts:
+            unfuse_experts_(loaded)
+        try:
+            block = pruned_block(store.model, store.adapter, index, PruningPlan(group_edits=groups))
+        finally:
+            if experts:
+                fuse_experts_(loaded)
+        if experts:
+            fuse_experts_(block)  # the committed shard holds the fused (zero-padded) experts
         state = load_file(str(self.output.path(block_shard(index))))
         load_block_state_(block, {k[len(prefix) + 1:]: v for k, v in state.items()})
         replace_block_(store.model, store.adapter, index, block)

@@ -385,3 +385,22 @@ def test_non_uniform_channel_allocation_on_a_model_without_adapter():
         prunekit.plan(tiny_model("mixtral"), Recipe(method="fasp", structure="channels", sparsity=0.3,
                                                     allocation="adaptive", calibration=calibration), TOKENS,
                       progress=False)
+
+
+def test_hand_ratios_for_derived_channel_groups_are_applied_and_bad_keys_named():
+    """Per-group ratios for a model without adapter: keys are the derived groups' names; a key of no block is
+    refused before the run, a key inside a block that names none of its groups when the block's groups are
+    derived (the message lists them)."""
+    import prunekit
+    from prunekit.errors import SparsityError
+    from prunekit.models.recipe import CalibrationSettings, Recipe
+
+    recipe = Recipe(method="fasp", structure="channels", sparsity=0.3, allocation="uniform",
+                    calibration=CalibrationSettings(nsamples=2, seqlen=8))
+    plan = prunekit.plan(tiny_model("phi3"), recipe, TOKENS, progress=False,
+                         ratios={"model.layers.0.mlp:glu_channel": 0.5, "model.layers.1.mlp:glu_channel": 0.25})
+    assert [len(e.kept_units) for e in plan.group_edits.values()] == [32, 48]
+    with pytest.raises(SparsityError, match="no decoder block"):
+        prunekit.plan(tiny_model("phi3"), recipe, TOKENS, progress=False, ratios={"mlp:glu_channel": 0.5})
+    with pytest.raises(SparsityError, match="model.layers.1.mlp:glu_channel"):
+        prunekit.plan(tiny_model("phi3"), recipe, TOKENS, progress=False, ratios={"model.layers.1.mlp.up": 0.5})
