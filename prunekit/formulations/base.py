@@ -153,6 +153,12 @@ class Formulation(ABC):
           the damped problem that the restoration/OBS solvers minimize (G replaced by ``layer.damped_gram()``:
           ``delta_j = lambda``, plus 1 on dead inputs G_jj = 0); see :func:`damping_term`.
         """
+        try:
+            return self._residuals(solution)
+        finally:
+            self.layer.forget_products()  # the (W_hat - W) G the certificates shared
+
+    def _residuals(self, solution: "Solution") -> dict[str, float]:
         w = solution.weights
         if tuple(w.shape) != self.layer.shape:
             raise ShapeError(f"solution weights have shape {tuple(w.shape)}, expected {self.layer.shape}.")
@@ -219,9 +225,7 @@ def damping_term(layer: LayerData, weights: torch.Tensor) -> float:
     Float64; O(m n).
     """
     w = layer.weight.detach().double()
-    g = layer.gram.detach()
-    diag = (g if g.dim() == 1 else g.diagonal()).double().to(w.device)
-    delta = layer.damping_value() + (diag == 0).double()
+    delta = layer.damping_delta(w.device)
     d = weights.detach().to(device=w.device, dtype=torch.float64) - w
     return float(0.5 * torch.sum(d * d * delta.unsqueeze(0)))
 
@@ -248,9 +252,10 @@ def restoration_stationarity(layer: LayerData, weights: torch.Tensor, mask: torc
     ``max |((W_hat - W) G)_kept| / max(max |W G|, tiny)``.  With damping, the damped Gram G + lambda I
     is the one whose stationarity is exact; this function uses the damped G for that reason.
     """
-    g = layer.damped_gram(dtype=torch.float64, device=weights.device)
-    w = layer.weight.detach().to(device=weights.device, dtype=torch.float64)
-    grad = (weights.detach().double() - w) @ g
-    scale = float((w @ g).abs().max()) or 1.0
-    kept = grad[mask.bool()]
+    w = layer.weight.detach().double()
+    d = weights.detach().to(device=w.device, dtype=torch.float64) - w
+    # (W_hat - W)(G + diag delta): the objective's product (W_hat - W) G, shared, plus the damping's diagonal
+    grad = layer.error_gram(weights) + d * layer.damping_delta(w.device).unsqueeze(0)
+    scale = layer._dense_products()[1] or 1.0
+    kept = grad[mask.bool().to(grad.device)]
     return float(kept.abs().max()) / scale if kept.numel() else 0.0

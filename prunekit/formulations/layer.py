@@ -277,7 +277,7 @@ class LayerData:
             )
         else:
             d = wh - w
-            value = 0.5 * torch.sum((d @ g) * d)
+            value = 0.5 * torch.sum(self.error_gram(weight_hat) * d)
         if bias_hat is not None:
             if self.has_error_correction:
                 raise ShapeError("bias changes are not supported with error-correction terms.")
@@ -293,11 +293,61 @@ class LayerData:
 
     def dense_energy(self) -> float:
         """1/2 ||W X||_F^2: the error of pruning everything; the natural scale for relative errors."""
-        w = self.weight.detach().double()
-        g = self.gram.detach().double().to(w.device)
-        if self.is_diagonal:
-            return float(0.5 * torch.sum(w * w * g.unsqueeze(0)))
-        return float(0.5 * torch.sum((w @ g) * w))
+        return self._dense_products()[0]
+
+    # ------------------------------------------------------------------ shared float64 products
+    def _memo(self) -> dict:
+        """Per-instance cache of float64 products (not a dataclass field: ``replace``, ``describe`` ignore it)."""
+        memo = self.__dict__.get("_float64_products")
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_float64_products", memo)
+        return memo
+
+    def damping_delta(self, device=None) -> torch.Tensor:
+        """(n,) float64 ``delta_j = lambda + [G_jj = 0]``: ``damped_gram() = G + diag(delta)`` (dead inputs get
+        G_jj := 1 before the damping, as in SparseGPT)."""
+        g = self.gram.detach()
+        diag = (g if g.dim() == 1 else g.diagonal()).double().to(device or g.device)
+        return self.damping_value() + (diag == 0).double()
+
+    def _dense_products(self) -> tuple[float, float]:
+        """``(1/2 tr(W G W^T), max |W (G + diag delta)|)`` from one float64 product W G, computed once per layer
+        (W and G never change: the layer is immutable): the dense energy and the scale of
+        :func:`~prunekit.formulations.base.restoration_stationarity`."""
+        memo = self._memo()
+        if "dense" not in memo:
+            w = self.weight.detach().double()
+            g = self.gram.detach().double().to(w.device)
+            wg = w * g.unsqueeze(0) if self.is_diagonal else w @ g
+            energy = float(0.5 * torch.sum(wg * w))
+            damped = wg + w * self.damping_delta(w.device).unsqueeze(0)
+            memo["dense"] = (energy, float(damped.abs().max()) if damped.numel() else 0.0)
+        return memo["dense"]
+
+    def error_gram(self, weight_hat: torch.Tensor) -> torch.Tensor:
+        """``(W_hat - W) G`` in float64 on the weight's device, (m, n) (``G := diag g`` for diagonal statistics).
+
+        The last product is kept, keyed by ``weight_hat``'s identity and version, so the certificates of one
+        solution (its objective and the restoration stationarity) share one O(m n^2) product;
+        :meth:`forget_products` drops it (``Formulation.residuals`` does, when it is done).
+        """
+        key = (id(weight_hat), weight_hat._version, weight_hat.data_ptr(), tuple(weight_hat.shape), weight_hat.dtype,
+               str(weight_hat.device))
+        memo = self._memo()
+        if memo.get("error_key") != key:
+            w = self.weight.detach().double()
+            d = weight_hat.detach().to(device=w.device, dtype=torch.float64) - w
+            g = self.gram.detach().double().to(w.device)
+            memo["error"] = d * g.unsqueeze(0) if self.is_diagonal else d @ g
+            memo["error_key"] = key
+        return memo["error"]
+
+    def forget_products(self) -> None:
+        """Drop the kept ``(W_hat - W) G`` (the dense products are small and stay)."""
+        memo = self._memo()
+        memo.pop("error", None)
+        memo.pop("error_key", None)
 
     # ------------------------------------------------------------------ constructors
     @classmethod

@@ -131,3 +131,34 @@ def test_solution_documents_both_conventions():
     """Property: Solution's docstring names both keys and what ``objective`` means."""
     doc = Solution.__doc__
     assert "objective_undamped" in doc and "objective_damped" in doc and "undamped" in doc.split("status :")[0]
+
+
+def test_certificates_share_one_product_and_match_the_direct_formulas():
+    """The objective and the restoration stationarity of one solution share ``(W_hat - W) G`` (one O(m n^2)
+    product): both equal the direct float64 formulas, an in-place change of W_hat is seen (the kept product is keyed
+    by the tensor's version), and nothing stays kept after ``residuals``."""
+    import numpy as np
+
+    from prunekit.formulations.base import restoration_stationarity
+    from prunekit.verification.toy import random_layer
+
+    layer = random_layer(np.random.default_rng(3), 5, 12, conditioning="correlated")
+    w = layer.weight.double()
+    g = layer.gram.double()
+    w_hat = w.clone()
+    w_hat[:, ::3] = 0.0
+    mask = w_hat != 0
+
+    def direct(wh):
+        d = wh - w
+        damped = layer.damped_gram()
+        return 0.5 * float(torch.sum((d @ g) * d)), float((d @ damped)[mask].abs().max() / (w @ damped).abs().max())
+
+    for _ in range(2):
+        objective, stationarity = direct(w_hat)
+        assert layer.reconstruction_error(w_hat) == pytest.approx(objective, rel=1e-12)
+        assert restoration_stationarity(layer, w_hat, mask) == pytest.approx(stationarity, rel=1e-12)
+        assert layer.dense_energy() == pytest.approx(0.5 * float(torch.sum((w @ g) * w)), rel=1e-12)
+        w_hat.mul_(0.5)  # in place: same tensor object, new version
+    layer.forget_products()
+    assert "error" not in layer._memo()
