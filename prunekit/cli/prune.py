@@ -279,7 +279,7 @@ def register(subparsers) -> None:
     p.add_argument("--recipe", default=None, help="recipe file (JSON or YAML); flags override its fields")
     p.add_argument("--allocation", default=None, choices=ALLOCATIONS,
                    help="sparsity across layers, one global budget: auto (default: the measured best -- owl for "
-                        "unstructured >= 60%%, adaptive for fasp/flap channels, else uniform); uniform; owl "
+                        "unstructured >= 60%%, else uniform); uniform; owl "
                         "(unstructured: outlier-weighted per block); adaptive (channels: FLAP's global threshold); "
                         "softmax, global_threshold")
     p.add_argument("--temperature", type=positive, default=None, help="softmax allocation temperature")

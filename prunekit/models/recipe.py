@@ -9,7 +9,7 @@ A recipe names
 * the target **sparsity** (N:M fixes it to n/m: another value is an error) and its **allocation** across layers
   (:mod:`prunekit.models.allocation_rules`; every rule meets the global weight budget): ``auto`` (default: the
   allocation measured best for the setting, resolved when the run starts -- OWL for unstructured >= 60%,
-  adaptive for FASP/FLAP channels, uniform otherwise; :mod:`prunekit.models.allocation_default`); ``uniform``; ``softmax`` at
+  uniform otherwise; :mod:`prunekit.models.allocation_default`); ``uniform``; ``softmax`` at
   ``temperature`` / ``global_threshold`` from dense importance scores (StructPrune, §7.3); ``owl`` (unstructured:
   outlier-weighted per block, ``owl_m`` = M, ``owl_lambda`` = lambda); ``adaptive`` (channels: FLAP's AL-AM, one
   threshold on per-target standardized unit scores); ``max_sparsity`` caps every target;
