@@ -328,26 +328,25 @@ class LayerData:
     def error_gram(self, weight_hat: torch.Tensor) -> torch.Tensor:
         """``(W_hat - W) G`` in float64 on the weight's device, (m, n) (``G := diag g`` for diagonal statistics).
 
-        The last product is kept, keyed by ``weight_hat``'s identity and version, so the certificates of one
-        solution (its objective and the restoration stationarity) share one O(m n^2) product;
-        :meth:`forget_products` drops it (``Formulation.residuals`` does, when it is done).
+        The last product is kept with a reference to ``weight_hat`` itself and its version counter (a reference,
+        not its ``id``: a freed tensor's id and memory are reused by the next one), so the certificates of one
+        solution (its objective and the restoration stationarity) share one O(m n^2) product and an in-place
+        change is seen; :meth:`forget_products` drops both (``Formulation.residuals`` does, when it is done).
         """
-        key = (id(weight_hat), weight_hat._version, weight_hat.data_ptr(), tuple(weight_hat.shape), weight_hat.dtype,
-               str(weight_hat.device))
         memo = self._memo()
-        if memo.get("error_key") != key:
+        if memo.get("error_of") is not weight_hat or memo.get("error_version") != weight_hat._version:
             w = self.weight.detach().double()
             d = weight_hat.detach().to(device=w.device, dtype=torch.float64) - w
             g = self.gram.detach().double().to(w.device)
             memo["error"] = d * g.unsqueeze(0) if self.is_diagonal else d @ g
-            memo["error_key"] = key
+            memo["error_of"], memo["error_version"] = weight_hat, weight_hat._version
         return memo["error"]
 
     def forget_products(self) -> None:
         """Drop the kept ``(W_hat - W) G`` (the dense products are small and stay)."""
         memo = self._memo()
-        memo.pop("error", None)
-        memo.pop("error_key", None)
+        for key in ("error", "error_of", "error_version"):
+            memo.pop(key, None)
 
     # ------------------------------------------------------------------ constructors
     @classmethod

@@ -162,3 +162,24 @@ def test_certificates_share_one_product_and_match_the_direct_formulas():
         w_hat.mul_(0.5)  # in place: same tensor object, new version
     layer.forget_products()
     assert "error" not in layer._memo()
+
+
+def test_a_new_tensor_at_a_freed_tensors_address_is_not_mistaken_for_it():
+    """Objectives of many short-lived candidates (brute force over masks) are each their own: the kept product
+    is tied to the tensor object, not to an id or address that the allocator reuses."""
+    from prunekit.verification.toy import random_layer
+
+    layer = random_layer(np.random.default_rng(5), 3, 6, conditioning="correlated")
+    w, g = layer.weight.double(), layer.gram.double()
+    def candidate(j):
+        out = w.clone()
+        out[:, j] = 0.0
+        return out
+
+    expected = []
+    for j in range(6):
+        d = candidate(j) - w
+        expected.append(0.5 * float(torch.sum((d @ g) * d)))
+    # each argument is freed right after its call, so the next candidate may take its address, id and version
+    got = [layer.reconstruction_error(candidate(j)) for j in range(6)]
+    assert got == pytest.approx(expected, rel=1e-12)
