@@ -67,7 +67,7 @@ def _run(model: nn.Module, recipe: RecipeLike, calibration, sink, *, device, pro
     recipe = Recipe.coerce(recipe)
     device = parse_device(device)
     store = ModelBlocks(model)
-    recipe = resolve_allocation(recipe, store.adapter)  # "auto" -> this model's rule (the returned recipe records it)
+    recipe = resolve_allocation(recipe)  # "auto" -> the setting's rule (the returned recipe records it)
     tokens = calibration_tokens(recipe, calibration, tokenizer=tokenizer, data_dir=data_dir, model=model)
     if ratios is None and recipe.allocation != "uniform":
         ratios = allocate(store, recipe, tokens, device=device, progress=progress)

@@ -256,6 +256,6 @@ def restoration_stationarity(layer: LayerData, weights: torch.Tensor, mask: torc
     d = weights.detach().to(device=w.device, dtype=torch.float64) - w
     # (W_hat - W)(G + diag delta): the objective's product (W_hat - W) G, shared, plus the damping's diagonal
     grad = layer.error_gram(weights) + d * layer.damping_delta(w.device).unsqueeze(0)
-    scale = layer._dense_products()[1] or 1.0
+    scale = layer.damped_weight_gram_max() or 1.0
     kept = grad[mask.bool().to(grad.device)]
     return float(kept.abs().max()) / scale if kept.numel() else 0.0

@@ -325,6 +325,11 @@ class LayerData:
             memo["dense"] = (energy, float(damped.abs().max()) if damped.numel() else 0.0)
         return memo["dense"]
 
+    def damped_weight_gram_max(self) -> float:
+        """``max |W (G + diag delta)|`` (the damped Gram of :meth:`damped_gram`): the scale of
+        :func:`~prunekit.formulations.base.restoration_stationarity`, computed once with the dense energy."""
+        return self._dense_products()[1]
+
     def error_gram(self, weight_hat: torch.Tensor) -> torch.Tensor:
         """``(W_hat - W) G`` in float64 on the weight's device, (m, n) (``G := diag g`` for diagonal statistics).
 

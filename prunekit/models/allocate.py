@@ -121,7 +121,9 @@ def _derive_groups(model, adapter, index: int, dense, inputs, recipe: Recipe, de
         The block holds fused MoE experts: every expert set keeps one width, which a non-uniform channel
         allocation would break.
     """
-    if recipe.structure.kind != "channels" or not hasattr(adapter, "derive_groups_"):
+    from .runner import derives_groups, trace_and_derive_
+
+    if not derives_groups(adapter, recipe):
         return
     fused = sorted(n for n, p in adapter.blocks(model)[index].named_parameters() if p.dim() >= 3)
     if fused:
@@ -129,9 +131,7 @@ def _derive_groups(model, adapter, index: int, dense, inputs, recipe: Recipe, de
                          f"its mixture-of-experts weights ({fused[0]}, ...) must keep one width per expert set, "
                          f"which a per-group allocation would break. Fix: use allocation='uniform' for channels "
                          f"on this model, or structure 'unstructured' with any allocation.")
-    if hasattr(adapter, "trace") and adapter.traced(dense) is None:
-        adapter.trace(dense, inputs, device=device)
-    adapter.derive_groups_(model, index, inputs)
+    trace_and_derive_(model, adapter, index, dense, inputs, recipe, device)
 
 
 def _score_own_targets(rank: int, index: int, targets, owners, accs, dense, adapter, recipe: Recipe) -> dict:
@@ -210,7 +210,7 @@ def allocation(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu", pro
     """The recipe's :class:`~prunekit.models.allocation_rules.Allocation` (continuous and realized per-target
     sparsities, budget and pruned weights) for ``store`` (a block store or a model object)."""
     store = _as_store(store)
-    recipe = resolve_allocation(recipe, store.adapter)
+    recipe = resolve_allocation(recipe)
     stats = prepass or importance_prepass(store, recipe, tokens, device=device, progress=progress)
     return allocate_targets(stats, recipe.allocation, float(recipe.sparsity), temperature=float(recipe.temperature),
                             max_sparsity=float(recipe.max_sparsity), owl_lambda=float(recipe.owl_lambda),
@@ -221,8 +221,7 @@ def allocate(store, recipe: Recipe, tokens: torch.Tensor, *, device="cpu", progr
              prepass: Optional[list[TargetStats]] = None) -> dict[str, float]:
     """Per-target sparsities ``{key: s_l}`` meeting the recipe's global budget under its allocation rule
     (``{}`` for ``uniform``); ``store``: a ``prunekit.models.stores`` block store, or a model object."""
-    store = _as_store(store)
-    recipe = resolve_allocation(recipe, store.adapter)
+    recipe = resolve_allocation(recipe)
     if recipe.allocation == "uniform":
         return {}
     return allocation(store, recipe, tokens, device=device, progress=progress, prepass=prepass).ratios
@@ -245,12 +244,6 @@ def target_keys(store, recipe: Recipe) -> list[str]:
     model, adapter = store.model, store.adapter
     blocks = adapter.blocks(model)
     return [t.key for i in range(len(store)) for t in block_targets(model, adapter, i, blocks[i], recipe)]
-
-
-def derives_groups(store, recipe: Recipe) -> bool:
-    """True when the recipe's targets are coupled groups that the store's adapter derives block by block during
-    the run (the generic adapter with structure 'channels'), so they cannot all be listed before it."""
-    return recipe.structure.kind == "channels" and hasattr(_as_store(store).adapter, "derive_groups_")
 
 
 def check_block_ratios(ratios: Mapping[str, float], prefix: str, keys: list[str]) -> None:
@@ -285,10 +278,12 @@ def check_ratios(ratios: Mapping[str, Any], store, recipe: Recipe) -> dict[str, 
             raise SparsityError(f"ratios[{key!r}] = {value!r} is not a sparsity in [0, 1). Fix: give each target "
                                 f"the fraction of its weights (or units) to prune, e.g. 0.5.")
         out[key] = float(value)
-    if out and derives_groups(store, recipe):
+    store = _as_store(store)
+    from .runner import derives_groups
+
+    if out and derives_groups(store.adapter, recipe):
         # generic adapter: the channel groups exist only once derived from each dense block during the run, so
         # here only the block each key names is checked; the runner checks the rest when it derives the block
-        store = _as_store(store)
         prefixes = [store.adapter.block_prefix(store.model, i) + "." for i in range(len(store))]
         stray = sorted(k for k in out if not any(k.startswith(p) for p in prefixes))
         if stray:
@@ -308,5 +303,4 @@ def check_ratios(ratios: Mapping[str, Any], store, recipe: Recipe) -> dict[str, 
     return out
 
 
-__all__ = ["allocate", "allocation", "check_block_ratios", "check_ratios", "derives_groups", "importance_prepass",
-           "target_keys"]
+__all__ = ["allocate", "allocation", "check_block_ratios", "check_ratios", "importance_prepass", "target_keys"]

@@ -2,7 +2,7 @@
 
 This is prunekit's own policy, not a rule from a paper: the measured rows behind it are in
 ``benchmarks/ALLOCATION.md`` (standard protocol, smollm2-135m, ppl on the first 64 x 512 windows of wiki.test.raw).
-It is resolved once per run, when the model is known (:func:`resolve_allocation`); the run's recorded recipe holds
+It is resolved once per run, when the run starts (:func:`resolve_allocation`); the run's recorded recipe holds
 the concrete rule, so a replay does not depend on this table.  Pass any explicit rule (``"uniform"`` included) to
 opt out.
 
@@ -25,12 +25,13 @@ import dataclasses
 AUTO = "auto"
 OWL_FROM_SPARSITY = 0.6
 """Unstructured sparsities from which ``auto`` means OWL."""
-def auto_allocation(method: str, kind: str, sparsity: float) -> str:
+
+
+def auto_allocation(kind: str, sparsity: float) -> str:
     """The concrete allocation rule ``auto`` stands for (module docstring).
 
     Parameters
     ----------
-    method : the recipe method's name (``recipe.method.name``).
     kind : the structure kind, ``"unstructured"``, ``"nm"`` or ``"channels"``.
     sparsity : the global target sparsity.
     """
@@ -39,13 +40,12 @@ def auto_allocation(method: str, kind: str, sparsity: float) -> str:
     return "uniform"
 
 
-def resolve_allocation(recipe, adapter=None):
-    """``recipe`` with ``allocation="auto"`` replaced by :func:`auto_allocation`'s rule (``adapter``: the model's
-    family adapter, for rules that depend on the model -- none does today); any other recipe is returned
-    unchanged."""
+def resolve_allocation(recipe):
+    """``recipe`` with ``allocation="auto"`` replaced by :func:`auto_allocation`'s rule; any other recipe is
+    returned unchanged."""
     if recipe.allocation != AUTO:
         return recipe
-    rule = auto_allocation(recipe.method.name, recipe.structure.kind, float(recipe.sparsity))
+    rule = auto_allocation(recipe.structure.kind, float(recipe.sparsity))
     return dataclasses.replace(recipe, allocation=rule)
 
 

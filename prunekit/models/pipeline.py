@@ -179,7 +179,7 @@ def _prune_checkpoint(ctx, model, recipe, out, *, overwrite, resume, device, pro
         for note in output.notes if output is not None else ():
             say(f"prunekit: {note}")
         store = ctx.checked(CheckpointBlocks, folder)
-        recipe = resolve_allocation(recipe, store.adapter)  # "auto" -> this model's rule, recorded in the report
+        recipe = resolve_allocation(recipe)  # "auto" -> the setting's rule, recorded in the report
         kept = {}
 
         def read_calibration():  # rank 0: the tokenizer and the windows (they reach every rank)

@@ -39,7 +39,7 @@ from torch import nn
 from ..distributed import SINGLE, current
 from ..errors import ModelError
 from .calibration import BlockInputs, CalibrationSet, NoStatistics, capture_block_inputs, collect_grams, forward_block
-from .families.experts import fuse_experts_, unfuse_experts_
+from .families.experts import experts_unfused, fuse_experts_, unfuse_experts_
 from .families.generic import unrouted_solution
 from .linear_layers import linear_kind
 from .methods import group_spec, kept_units_from_solution
@@ -208,22 +208,32 @@ def _statistics(recipe: Recipe, dense: nn.Module, work: Optional[nn.Module], inp
                          outputs=outputs)
 
 
+def derives_groups(adapter, recipe: Recipe) -> bool:
+    """True when the recipe's targets are coupled groups that ``adapter`` derives block by block from each dense
+    block's computation (the generic adapter with structure 'channels'): they exist only once derived."""
+    return recipe.structure.kind == "channels" and hasattr(adapter, "derive_groups_")
+
+
+def trace_and_derive_(model: nn.Module, adapter, index: int, dense: nn.Module, inputs, recipe: Recipe,
+                      device) -> None:
+    """Generic adapter, before block ``index`` is scored or solved: trace the stages of ``dense`` (its compute
+    copy) once per block layout, and derive the block's coupled groups from the dependency probe when
+    :func:`derives_groups`.  No-op for family adapters."""
+    if inputs is not None and hasattr(adapter, "trace") and adapter.traced(dense) is None:
+        adapter.trace(dense, inputs, device=device)  # stages by shared input, traced once
+    if derives_groups(adapter, recipe):
+        adapter.derive_groups_(model, index, inputs)
+
+
 def _derive_committed_groups(store, index: int, inputs, recipe: Recipe, device, dtype) -> None:
     """On resume, a committed block is rebuilt from its kept units, which name its coupled groups: a model
-    pruned through the generic adapter has them only once derived from the dense block (``derive_groups_``,
-    as :func:`prune_block` does), so derive them here on the same inputs.  No-op for family adapters."""
-    adapter = store.adapter
-    if recipe.structure.kind != "channels" or not hasattr(adapter, "derive_groups_"):
+    pruned through the generic adapter has them only once derived from the dense block (as :func:`prune_block`
+    does), so derive them here on the same inputs.  No-op unless :func:`derives_groups`."""
+    if not derives_groups(store.adapter, recipe):
         return
     block = store.load(index)
-    unfuse_experts_(block)  # each expert's channels are groups of their own, as in the run
-    try:
-        dense = as_compute(block, device, dtype)
-        if hasattr(adapter, "trace") and adapter.traced(dense) is None:
-            adapter.trace(dense, inputs, device=device)
-        adapter.derive_groups_(store.model, index, inputs)
-    finally:
-        fuse_experts_(block)  # the stored layout again (sink.committed rebuilds from it)
+    with experts_unfused(block):  # each expert's channels are groups of their own, as in the run
+        trace_and_derive_(store.model, store.adapter, index, as_compute(block, device, dtype), inputs, recipe, device)
 
 
 def prune_block(store, index: int, block: nn.Module, inputs, recipe: Recipe, *, device, dtype,
@@ -241,13 +251,10 @@ def prune_block(store, index: int, block: nn.Module, inputs, recipe: Recipe, *, 
 
     def setup():
         dense = as_compute(block, device, dtype)
-        if inputs is not None and hasattr(adapter, "trace") and adapter.traced(dense) is None:
-            adapter.trace(dense, inputs, device=device)  # generic adapter: stages by shared input, traced once
-        if recipe.structure.kind == "channels" and hasattr(adapter, "derive_groups_"):
-            adapter.derive_groups_(model, index, inputs)  # generic adapter: groups from the dependency probe
+        trace_and_derive_(model, adapter, index, dense, inputs, recipe, device)
         work = copy.deepcopy(dense) if sequential else dense  # receives the solutions (sequential X*)
         targets = block_targets(model, adapter, index, dense, recipe)
-        if ratios and recipe.structure.kind == "channels" and hasattr(adapter, "derive_groups_"):
+        if ratios and derives_groups(adapter, recipe):
             from .allocate import check_block_ratios  # keys of derived groups are checked once they exist
 
             check_block_ratios(ratios, adapter.block_prefix(model, index) + ".", [t.key for t in targets])

@@ -18,12 +18,13 @@ output: :class:`RankZeroSink` wraps rank 0's :class:`CheckpointSink` and gives t
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
 from torch import nn
 
-from .families.experts import fuse_experts_, unfuse_experts_
+from .families.experts import experts_unfused, fuse_experts_
 from .plan import GroupEdit, PruningPlan
 from .records import LayerRecord
 from .surgery import load_block_state_, pruned_block, replace_block_
@@ -123,22 +124,9 @@ class CheckpointSink(PlanSink):
         from safetensors.torch import load_file
 
         prefix = store.adapter.block_prefix(store.model, index)
-        groups = self.committed_groups(index)
-        loaded = store.load(index)
-        experts = store.adapter.name == "generic" and bool(groups)  # MoE experts were pruned one by one: unfuse
-        if experts:
-            unfuse_experts_(loaded)
-        try:
-            block = pruned_block(store.model, store.adapter, index, PruningPlan(group_edits=groups))
-        finally:
-            if experts:
-                fuse_experts_(loaded)
-        if experts:
-            fuse_experts_(block)  # the committed shard holds the fused (zero-padded) experts
         state = load_file(str(self.output.path(block_shard(index))))
-        load_block_state_(block, {k[len(prefix) + 1:]: v for k, v in state.items()})
-        replace_block_(store.model, store.adapter, index, block)
-        return block
+        return rebuild_block_(store, index, self.committed_groups(index),
+                              {k[len(prefix) + 1:]: v for k, v in state.items()})
 
 
 class RankZeroSink:
@@ -220,11 +208,24 @@ class RankZeroSink:
 
     @staticmethod
     def _rebuild(store, index: int, groups: dict, state: dict) -> nn.Module:
-        store.load(index)
+        return rebuild_block_(store, index, groups, {k: v.to("cpu") for k, v in state.items()})
+
+
+def rebuild_block_(store, index: int, groups: dict[str, GroupEdit], state: dict[str, torch.Tensor]) -> nn.Module:
+    """Block ``index`` of ``store`` rebuilt as committed -- shapes from its kept units ``groups``, tensors from
+    ``state`` (names relative to the block) -- and put in place of the model's block; returns it.
+
+    Fused MoE experts under the generic adapter were pruned one by one: they are unfused while the kept units are
+    applied and the pruned block is fused back, as ``state`` holds them (fused, zero-padded)."""
+    loaded = store.load(index)
+    experts = store.adapter.name == "generic" and bool(groups)
+    with experts_unfused(loaded) if experts else contextlib.nullcontext():
         block = pruned_block(store.model, store.adapter, index, PruningPlan(group_edits=groups))
-        load_block_state_(block, {k: v.to("cpu") for k, v in state.items()})
-        replace_block_(store.model, store.adapter, index, block)
-        return block
+    if experts:
+        fuse_experts_(block)
+    load_block_state_(block, state)
+    replace_block_(store.model, store.adapter, index, block)
+    return block
 
 
 def as_compute(block: nn.Module, device, dtype: torch.dtype) -> nn.Module:
