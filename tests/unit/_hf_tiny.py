@@ -53,3 +53,30 @@ def save_tiny(tmp_path, family: str):
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def save_config_checkpoint(folder, config, seed: int = 0):
+    """Save a random model of ``config`` (its vocabulary set to the tiny tokenizer's) and the tokenizer to
+    ``folder`` unless it is already there; returns the folder."""
+    from transformers import AutoModelForCausalLM
+
+    if not folder.exists():
+        tok = tiny_tokenizer()
+        config.vocab_size = len(tok)
+        torch.manual_seed(seed)
+        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+        tok.save_pretrained(folder)
+    return folder
+
+
+def cli_prune(model_folder, calib, out, *extra, nsamples: str = "4", seqlen: str = "16") -> dict:
+    """``prunekit prune`` of ``model_folder`` into ``out`` from the CLI (``nsamples`` x ``seqlen`` windows of the text
+    file ``calib``, no progress bars); asserts exit status 0 and returns ``report.json``."""
+    import json
+
+    from prunekit.cli import main
+
+    args = ["prune", "--model", str(model_folder), "--calib", str(calib), "--nsamples", nsamples, "--seqlen", seqlen,
+            "--out", str(out), "--no-progress", *extra]
+    assert main(args) == 0
+    return json.loads((out / "report.json").read_text())

@@ -13,9 +13,9 @@ import torch
 
 pytestmark = pytest.mark.hf
 
+from _hf_tiny import cli_prune, save_config_checkpoint  # noqa: E402
 from _tiny_models import FAMILY_TYPES, tiny_config  # noqa: E402
 
-from prunekit.cli import main  # noqa: E402
 from prunekit.models.adapters import adapter_for  # noqa: E402
 
 
@@ -29,25 +29,11 @@ def workdir(tmp_path_factory):
 
 
 def _folder(workdir, family):
-    from _hf_tiny import tiny_tokenizer
-    from transformers import AutoModelForCausalLM
-
-    folder = workdir / family
-    if not folder.exists():
-        tok = tiny_tokenizer()
-        config = tiny_config(family)
-        config.vocab_size = len(tok)
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-        tok.save_pretrained(folder)
-    return folder
+    return save_config_checkpoint(workdir / family, tiny_config(family))
 
 
 def _prune(workdir, family, out, *extra):
-    args = ["prune", "--model", str(_folder(workdir, family)), "--calib", str(workdir / "calib.txt"), "--nsamples",
-            "4", "--seqlen", "16", "--out", str(out), "--no-progress", *extra]
-    assert main(args) == 0
-    return json.loads((out / "report.json").read_text())
+    return cli_prune(_folder(workdir, family), workdir / "calib.txt", out, *extra)
 
 
 def _load(folder):

@@ -15,7 +15,7 @@ import torch
 
 pytestmark = pytest.mark.hf
 
-from prunekit.cli import main  # noqa: E402
+from _hf_tiny import cli_prune, save_config_checkpoint  # noqa: E402
 
 FAMILIES = ("phi3", "mixtral", "qwen2_moe", "gpt_neox", "falcon")
 
@@ -30,26 +30,13 @@ def workdir(tmp_path_factory):
 
 
 def _folder(workdir, family):
-    from _hf_tiny import tiny_tokenizer
     from test_generic_adapter import tiny_config
-    from transformers import AutoModelForCausalLM
 
-    folder = workdir / family
-    if not folder.exists():
-        tok = tiny_tokenizer()
-        config = tiny_config(family)
-        config.vocab_size = len(tok)
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-        tok.save_pretrained(folder)
-    return folder
+    return save_config_checkpoint(workdir / family, tiny_config(family))
 
 
 def _prune(workdir, family, out, *extra):
-    args = ["prune", "--model", str(_folder(workdir, family)), "--calib", str(workdir / "calib.txt"), "--nsamples",
-            "4", "--seqlen", "16", "--out", str(out), "--no-progress", *extra]
-    assert main(args) == 0
-    return json.loads((out / "report.json").read_text())
+    return cli_prune(_folder(workdir, family), workdir / "calib.txt", out, *extra)
 
 
 def _weights(model):
@@ -97,30 +84,20 @@ MOE = {  # tiny MoE checkpoints for channel pruning inside experts (name: family
 
 
 def _moe_folder(workdir, name):
-    from _hf_tiny import tiny_tokenizer
     from test_generic_adapter import tiny_config
-    from transformers import AutoModelForCausalLM
 
-    folder = workdir / f"moe-{name}"
-    if not folder.exists():
-        family, overrides = MOE[name]
-        tok = tiny_tokenizer()
-        config = tiny_config(family)
-        for key, value in {**overrides, "vocab_size": len(tok)}.items():
-            setattr(config, key, value)
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-        tok.save_pretrained(folder)
-    return folder
+    family, overrides = MOE[name]
+    config = tiny_config(family)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return save_config_checkpoint(workdir / f"moe-{name}", config)
 
 
 def _prune_moe(workdir, name, nsamples="4", seqlen="16"):
     out = workdir / f"channels-moe-{name}"
-    args = ["prune", "--model", str(_moe_folder(workdir, name)), "--calib", str(workdir / "calib.txt"), "--nsamples",
-            nsamples, "--seqlen", seqlen, "--out", str(out), "--no-progress", "--method", "fasp", "--structure",
-            "channels", "--sparsity", "0.3"]
-    assert main(args) == 0
-    return out, json.loads((out / "report.json").read_text())
+    report = cli_prune(_moe_folder(workdir, name), workdir / "calib.txt", out, "--method", "fasp", "--structure",
+                       "channels", "--sparsity", "0.3", nsamples=nsamples, seqlen=seqlen)
+    return out, report
 
 
 def _expert_slice(model, name: str):

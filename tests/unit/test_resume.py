@@ -130,19 +130,14 @@ def test_second_run_on_the_same_out_is_locked_out(setup):
 
 def _generic_checkpoint(folder: Path, kind: str, layers: int = 4) -> Path:
     """A tiny model with no family adapter (channels come from groups derived during the run), ``layers`` blocks."""
-    from _hf_tiny import tiny_tokenizer
+    from _hf_tiny import save_config_checkpoint
     from test_generic_adapter import tiny_config
-    from transformers import AutoModelForCausalLM
 
-    tok = tiny_tokenizer()
     config = tiny_config(kind)
-    config.vocab_size, config.num_hidden_layers = len(tok), layers
+    config.num_hidden_layers = layers
     if getattr(config, "layer_types", None):
         config.layer_types = [config.layer_types[0]] * layers
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_config_checkpoint(folder, config)
 
 
 @pytest.mark.parametrize("kind, allocation", [("phi3", "softmax"), ("mixtral", "uniform")])
