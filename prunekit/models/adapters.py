@@ -1,14 +1,18 @@
 """Family adapters: the architecture knowledge of prunekit, one adapter per model family.
 
-An adapter answers, for one family (LLaMA-like, Gemma, OPT, GPT-2):
+An adapter answers, for one family (LLaMA-like, Gemma, OPT, GPT-2), what a dependency graph cannot know:
 
 * where the decoder blocks are, and which linear modules each block has, in execution order grouped into
   *stages* of operators that share an input (``[[q, k, v], [o], [gate, up], [down]]``) -- the order
   FISTAPruner's intra-layer error correction follows (methods.md §5.4);
 * how to read and write a module's weight in PyTorch layout (out x in) -- GPT-2's Conv1D stores in x out;
-* the coupled groups of a block (``prunekit.models.groups.CoupledGroup``);
 * how to fix the config after units are removed (``intermediate_size``, heads, KV heads, head_dim), which
   users never do by hand.
+
+The coupled groups of a block (``prunekit.models.groups.CoupledGroup``) are *not* family knowledge: every adapter
+serves the groups derived from the block's computation (:meth:`FamilyAdapter.coupled_groups`,
+``prunekit.models.derived_groups``: the dependency probe, once per block layout).  A family module holds its
+layout and its config fix-up only (``families/opt.py``: the smallest).
 
 Adapters are registered with :func:`register_family` and found by :func:`adapter_for` from the model's
 ``config.model_type``; an unsupported architecture raises :class:`~prunekit.errors.ModelError` listing the
@@ -46,9 +50,21 @@ class FamilyAdapter(ABC):
     def stages(self, block: nn.Module) -> list[list[str]]:
         """Linear-module names relative to the block, grouped by shared input, in execution order."""
 
-    @abstractmethod
     def coupled_groups(self, model: nn.Module, index: int) -> list[CoupledGroup]:
-        """Coupled groups of block ``index`` (qualified module names)."""
+        """Coupled groups of block ``index`` (qualified module names), derived from the block's computation
+        (``prunekit.models.derived_groups.block_coupling``: probed once per block layout, so they describe the
+        block's current shapes, pruned or not)."""
+        from .derived_groups import block_coupling
+
+        return list(block_coupling(model, self, index).groups)
+
+    def derive_groups_(self, model: nn.Module, index: int, sample_inputs=None) -> list[CoupledGroup]:
+        """Derive block ``index``'s groups on ``sample_inputs`` (the runner passes the block's calibration inputs,
+        a ``calibration.BlockInputs``) unless its layout is known; returns :meth:`coupled_groups`."""
+        from .derived_groups import block_coupling
+
+        block_coupling(model, self, index, sample_inputs)
+        return self.coupled_groups(model, index)
 
     def linear_names(self, block: nn.Module) -> list[str]:
         return [n for stage in self.stages(block) for n in stage]

@@ -5,12 +5,19 @@
 (the residual stream entering and leaving it).  Node attribute ``record`` holds a frozen :class:`NodeRecord`;
 edge attribute ``record`` a frozen :class:`EdgeRecord` whose ``kind`` is
 
-* ``"data"`` -- the output of one linear module feeds the next stage directly (q/k/v -> o, gate/up -> down);
-* ``"residual"`` -- through a residual add and a norm (residual in -> q/k/v, o -> gate/up, down -> out);
+* ``"data"`` -- every path from the output of one linear module to the block output runs through the input of
+  the next (q/k/v -> o, gate/up -> down, fc1 -> fc2): the dependency probe's *owner* edges;
+* ``"residual"`` -- a module's output reaches the next through a residual add and a norm (residual in -> q/k/v,
+  o -> gate/up, down -> out);
 * ``"skip"`` -- the residual connection around the block (in -> out).
 
-:func:`coupled_groups` returns the :class:`~prunekit.models.groups.CoupledGroup` list computed by the family
-adapter when the graph was built (the groups are pure data and describe the module shapes at that time).
+**The edges and the groups come from the block's computation**, not from names: ``derived_groups.block_coupling``
+(the dependency probe of :mod:`prunekit.models.coupling`, once per block layout) says which modules' inputs each
+module's output reaches; the edges are the transitive reduction of that relation (``u -> d`` when d's input is
+reached from u and not only through another module reached from u), so parallel attention + MLP blocks (GPT-NeoX,
+Falcon) get two independent branches.  ``graph.graph["groups"]`` holds the derived coupled groups -- the same
+ones every adapter serves to the runner, surgery, allocation and saving (``FamilyAdapter.coupled_groups``).
+:func:`coupled_groups` filters them.
 """
 
 from __future__ import annotations
@@ -47,9 +54,35 @@ def _shape(adapter, module: nn.Module) -> tuple[int, int]:
     return int(in_f), int(out_f)
 
 
+def _sibling_pattern(rel: str) -> str:
+    return ".".join("*" if p.isdigit() else p for p in rel.split("."))
+
+
+def _reaches(coupling, prefix: str, names: list[str]) -> dict[str, set[str]]:
+    """``{module: modules of names whose input it reaches}``; a module the probe did not run (an MoE expert that
+    follows a probed sibling, one no token reached) takes the reach of a probed sibling with the same pattern,
+    its own instance substituted."""
+    known = {u: set(ds) & set(names) for u, ds in coupling.reaches.items()}
+    by_pattern = {_sibling_pattern(u[len(prefix) + 1:]): u for u in known}
+    out = {}
+    for n in names:
+        if n in known:
+            out[n] = known[n]
+            continue
+        twin = by_pattern.get(_sibling_pattern(n[len(prefix) + 1:]))
+        if twin is None:
+            out[n] = set()
+            continue
+        inst, rep = n.rsplit(".", 1)[0], twin.rsplit(".", 1)[0]  # experts.5 <- experts.2
+        out[n] = {inst + d[len(rep):] if d.startswith(f"{rep}.") else d for d in known[twin]} & set(names)
+    return out
+
+
 def build_graph(model: nn.Module) -> nx.DiGraph:
     """The dependency graph of ``model`` (see the module docstring); ``graph.graph`` holds ``family``,
-    ``model_type``, ``num_blocks`` and ``groups`` (all coupled groups, in block order)."""
+    ``model_type``, ``num_blocks`` and ``groups`` (all derived coupled groups, in block order)."""
+    from .derived_groups import block_coupling
+
     adapter = adapter_for(model)
     modules = dict(model.named_modules())
     g = nx.DiGraph(family=adapter.name, model_type=getattr(model.config, "model_type", None))
@@ -57,24 +90,31 @@ def build_graph(model: nn.Module) -> nx.DiGraph:
     blocks = adapter.blocks(model)
     for i, block in enumerate(blocks):
         prefix = adapter.block_prefix(model, i)
+        coupling = block_coupling(model, adapter, i)
         src, dst = f"{prefix}:in", f"{prefix}:out"
         g.add_node(src, record=NodeRecord(src, i, "residual_in"))
         g.add_node(dst, record=NodeRecord(dst, i, "residual_out"))
         g.add_edge(src, dst, record=EdgeRecord("skip"))
-        previous = [src]
         stages = adapter.stages(block)
+        names = [f"{prefix}.{rel}" for stage in stages for rel in stage]
         for s, stage in enumerate(stages):
-            names = [f"{prefix}.{rel}" for rel in stage]
-            for rel, name in zip(stage, names):
+            for rel in stage:
+                name = f"{prefix}.{rel}"
                 in_f, out_f = _shape(adapter, modules[name])
                 g.add_node(name, record=NodeRecord(name, i, rel, in_f, out_f, s))
-                for p in previous:
-                    kind = "residual" if p == src or s % 2 == 0 else "data"
-                    g.add_edge(p, name, record=EdgeRecord(kind))
-            previous = names
-        for p in previous:
-            g.add_edge(p, dst, record=EdgeRecord("residual"))
-        groups.extend(adapter.coupled_groups(model, i))
+        reach = nx.DiGraph()
+        reach.add_nodes_from(names)
+        reach.add_edges_from((u, d) for u, ds in _reaches(coupling, prefix, names).items() for d in ds if d != u)
+        direct = nx.transitive_reduction(reach) if nx.is_directed_acyclic_graph(reach) else reach
+        for u, d in direct.edges:
+            kind = "data" if coupling.owners.get(u) == d else "residual"
+            g.add_edge(u, d, record=EdgeRecord(kind))
+        for name in names:
+            if direct.in_degree(name) == 0:
+                g.add_edge(src, name, record=EdgeRecord("residual"))
+            if direct.out_degree(name) == 0:
+                g.add_edge(name, dst, record=EdgeRecord("residual"))
+        groups.extend(coupling.groups)
     g.graph["num_blocks"] = len(blocks)
     g.graph["groups"] = tuple(groups)
     return g

@@ -209,16 +209,16 @@ def _statistics(recipe: Recipe, dense: nn.Module, work: Optional[nn.Module], inp
 
 
 def derives_groups(adapter, recipe: Recipe) -> bool:
-    """True when the recipe's targets are coupled groups that ``adapter`` derives block by block from each dense
-    block's computation (the generic adapter with structure 'channels'): they exist only once derived."""
+    """True when the recipe's targets are coupled groups (structure 'channels'): every adapter derives them from
+    the dense block's computation (``prunekit.models.derived_groups``), on the block's calibration inputs."""
     return recipe.structure.kind == "channels" and hasattr(adapter, "derive_groups_")
 
 
 def trace_and_derive_(model: nn.Module, adapter, index: int, dense: nn.Module, inputs, recipe: Recipe,
                       device) -> None:
-    """Generic adapter, before block ``index`` is scored or solved: trace the stages of ``dense`` (its compute
-    copy) once per block layout, and derive the block's coupled groups from the dependency probe when
-    :func:`derives_groups`.  No-op for family adapters."""
+    """Before block ``index`` is scored or solved: trace the stages of ``dense`` (its compute copy) once per block
+    layout (generic adapter), and derive the block's coupled groups from the dependency probe when
+    :func:`derives_groups` (every adapter; a layout already probed is not probed again)."""
     if inputs is not None and hasattr(adapter, "trace") and adapter.traced(dense) is None:
         adapter.trace(dense, inputs, device=device)  # stages by shared input, traced once
     if derives_groups(adapter, recipe):
@@ -226,9 +226,9 @@ def trace_and_derive_(model: nn.Module, adapter, index: int, dense: nn.Module, i
 
 
 def _derive_committed_groups(store, index: int, inputs, recipe: Recipe, device, dtype) -> None:
-    """On resume, a committed block is rebuilt from its kept units, which name its coupled groups: a model
-    pruned through the generic adapter has them only once derived from the dense block (as :func:`prune_block`
-    does), so derive them here on the same inputs.  No-op unless :func:`derives_groups`."""
+    """On resume, a committed block is rebuilt from its kept units, which name its coupled groups: they are derived
+    from the dense block (as :func:`prune_block` does), so derive them here on the same inputs.  No-op unless
+    :func:`derives_groups`."""
     if not derives_groups(store.adapter, recipe):
         return
     block = store.load(index)

@@ -211,7 +211,7 @@ def _slice_(model, adapter, group: CoupledGroup, kept, present: dict[str, list[i
 
 def _resolve_groups(model, adapter, plan: PruningPlan,
                     block: Optional[int] = None) -> list[tuple[GroupEdit, CoupledGroup, list[int]]]:
-    groups = _groups_by_name(model, adapter, block)
+    groups = _groups_by_name(model, adapter, block) if plan.group_edits else {}  # derived: only when needed
     resolved, seen = [], {}
     for key, edit in plan.group_edits.items():
         name = edit.group or key

@@ -1,5 +1,5 @@
-"""Coupled groups derived from the block computation (prunekit.models.coupling): equal to the hand-written family
-groups, equal to couplings derived by hand for models with no family adapter (fused projections, parallel blocks,
+"""Coupled groups derived from the block computation (prunekit.models.coupling): equal to couplings derived by hand
+for the family adapters (which serve the derivation) and for models with no family adapter (fused projections, parallel blocks,
 MoE experts), removal equals masking on random units (claim C2), and one clear error for heads tied together."""
 
 from __future__ import annotations
@@ -92,12 +92,17 @@ def span(start: int, size: int) -> tuple[int, ...]:
 
 # ---------------------------------------------------------------------------------------------- (a) families
 @pytest.mark.parametrize("kind", FAMILY_TYPES)
-def test_derived_groups_equal_the_hand_written_family_groups(kind):
+def test_family_adapters_serve_the_hand_derived_couplings(kind):
+    """The family adapters hold no group tables: what they serve is the derivation, equal to the couplings
+    written out by hand from each family's forward (``family_expected``)."""
     model = tiny_model(kind)
     adapter = adapter_for(model)
+    assert adapter.name != "generic"
     for index in range(len(adapter.blocks(model))):
+        p = adapter.block_prefix(model, index)
         coupling = derive_coupling(model, adapter, index)
-        assert normalised(coupling.groups) == normalised(adapter.coupled_groups(model, index))
+        assert normalised(coupling.groups) == family_expected(kind, p, model.config)
+        assert normalised(adapter.coupled_groups(model, index)) == family_expected(kind, p, model.config)
         assert len({g.name for g in coupling.groups}) == len(coupling.groups)
         assert coupling.ties == {}
         # a few forwards, not one per row: fewer probes than rows of the modules feeding a group
@@ -169,6 +174,24 @@ def expected(kind: str, p: str) -> set:
                                     "mlp.shared_expert.up_proj")} | {
             glu(p, f"mlp.experts.{e}.down_proj", 16, fused=f"mlp.experts.{e}.gate_up_proj") for e in range(4)}
     raise ValueError(kind)
+
+
+def family_expected(kind: str, p: str, config) -> set:
+    """The family couplings written out by hand from each forward (LLaMA-like GQA + GLU, OPT, GPT-2's fused
+    c_attn thirds) for the tiny configs of ``_tiny_models``: 4 query heads, MLP width 64."""
+    if kind == "opt":
+        attn = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
+        return gqa(p, *attn, nq=4, nkv=4, hd=8) | {ffn(p, "fc1", "fc2", 64)}
+    if kind == "gpt2":  # c_attn rows (out, in layout): q 0-31, k 32-63, v 64-95
+        qkv, o = f"{p}.attn.c_attn", f"{p}.attn.c_proj"
+        return {group("attention_head", o, [span(8 * h, 8) for h in range(4)],
+                      {qkv: [span(8 * h, 8) + span(32 + 8 * h, 8) + span(64 + 8 * h, 8) for h in range(4)]}),
+                group("vo_channel", o, [[c] for c in range(32)], {qkv: [[64 + c] for c in range(32)]}),
+                ffn(p, "mlp.c_fc", "mlp.c_proj", 64)}
+    attn = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+    hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return gqa(p, *attn, nq=config.num_attention_heads, nkv=config.num_key_value_heads, hd=hd) | {
+        glu(p, "mlp.down_proj", 64, "mlp.gate_proj", "mlp.up_proj")}
 
 
 @pytest.mark.parametrize("kind", GENERIC)

@@ -136,3 +136,28 @@ def test_unsupported_architecture_lists_supported_types():
     assert "'bert'" in msg
     for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "opt", "gpt2"):
         assert t in msg and t in supported_model_types()
+
+
+def test_parallel_blocks_get_two_independent_branches_from_the_probe():
+    """GPT-NeoX with parallel residual (no family adapter): attention and MLP read the block input and write its
+    output side by side -- the edges come from the block's computation, not from a stage order."""
+    import transformers as tf
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.models.graph import build_graph
+
+    import torch
+
+    torch.manual_seed(0)
+    config = tf.GPTNeoXConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=64, max_position_embeddings=64, use_parallel_residual=True)
+    m = AutoModelForCausalLM.from_config(config).eval()
+    g = build_graph(m)
+    p = "gpt_neox.layers.1"
+    qkv, dense = f"{p}.attention.query_key_value", f"{p}.attention.dense"
+    fc1, fc2 = f"{p}.mlp.dense_h_to_4h", f"{p}.mlp.dense_4h_to_h"
+    assert g.edges[qkv, dense]["record"].kind == "data" and g.edges[fc1, fc2]["record"].kind == "data"
+    for first, last in ((qkv, dense), (fc1, fc2)):
+        assert g.has_edge(f"{p}:in", first) and g.has_edge(last, f"{p}:out")
+    assert not nx.has_path(g, qkv, fc1) and not nx.has_path(g, fc1, qkv)
+    assert {x.kind for x in g.graph["groups"] if x.block == 1} == {"attention_head", "vo_channel", "ffn_channel"}

@@ -474,8 +474,10 @@ class GenericAdapter(FamilyAdapter):
             raise self.structure_error(kind)
 
     def derive_groups_(self, model: nn.Module, index: int, sample_inputs=None) -> list:
-        """Derive block ``index``'s coupled groups from its computation (``prunekit.models.coupling``: the
-        dependency probe) and keep those of :attr:`channel_kinds` for :meth:`coupled_groups`; returns them.
+        """Derive block ``index``'s coupled groups from its computation (``prunekit.models.derived_groups``: the
+        dependency probe, once per block layout) and keep those of :attr:`channel_kinds` for
+        :meth:`coupled_groups` -- the groups the block is pruned with, also after surgery changed its shapes (the
+        expert-width checks and the stock config search read the original unit counts); returns them.
 
         MoE experts must be unfused first (``unfuse_experts_``; the runner does it): each expert then has its own
         channel groups (``expert_channels``: why the probe is sound through the router).  A new derivation of
@@ -484,7 +486,7 @@ class GenericAdapter(FamilyAdapter):
 
         Raises ModelError for a block whose expert weights are still fused 3-D parameters (a layout
         ``unfuse_experts_`` keeps fused): their channels are not rows and columns of linear modules."""
-        from ..coupling import derive_groups
+        from ..derived_groups import block_coupling
 
         records = self._widths.get(model, {})
         for layout, (first, _) in list(records.items()):
@@ -497,7 +499,7 @@ class GenericAdapter(FamilyAdapter):
                              f"are still fused 3-D parameters (unfuse_experts_ keeps a non-standard layout fused), "
                              f"so their channels are not linear rows and columns. Fix: prune this model with "
                              f"structure 'unstructured' or an N:M pattern such as '2:4'.")
-        groups = [g for g in derive_groups(model, self, index, sample_inputs) if g.kind in self.channel_kinds]
+        groups = [g for g in block_coupling(model, self, index, sample_inputs).groups if g.kind in self.channel_kinds]
         self._groups.setdefault(model, {})[index] = groups
         return groups
 

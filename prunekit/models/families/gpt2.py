@@ -4,13 +4,10 @@
       -> ln_2 -> mlp.c_fc (Conv1D) -> GELU -> mlp.c_proj (Conv1D) -> + x
 
 ``Conv1D`` stores its weight as (in, out): :meth:`GPT2Adapter.get_weight` / :meth:`set_weight` transpose, so the
-rest of prunekit sees the PyTorch (out, in) layout.  Coupled groups:
-
-* ``ffn_channel`` -- row j (and bias entry) of c_fc in (out, in) layout, column j of mlp.c_proj;
-* ``attention_head`` -- rows ``h*hd + c`` of each of the q, k and v thirds of c_attn and the ``hd`` columns of
-  attn.c_proj;
-* ``vo_channel`` -- one row of the v third of c_attn and one column of attn.c_proj (compacted by surgery:
-  HF attention ties the value head size to ``head_dim``).
+rest of prunekit sees the PyTorch (out, in) layout.  Coupled groups, derived from the block's computation
+(``prunekit.models.derived_groups``): ``ffn_channel`` (row j of c_fc, column j of mlp.c_proj), ``attention_head``
+(rows ``h*hd + c`` of each of the q, k and v thirds of the fused c_attn, the ``hd`` columns of attn.c_proj) and
+``vo_channel`` (one row of the v third, one column of attn.c_proj; compacted by surgery).
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ from __future__ import annotations
 from torch import nn
 
 from ..adapters import FamilyAdapter, register_family
-from ..groups import CoupledGroup
 
 
 @register_family
@@ -42,25 +38,6 @@ class GPT2Adapter(FamilyAdapter):
         width = c_attn.full_out if hasattr(c_attn, "full_out") else self.get_weight(c_attn).shape[0]
         n = width // 3 // hd
         return n, n, hd
-
-    def coupled_groups(self, model: nn.Module, index: int) -> list[CoupledGroup]:
-        p = self.block_prefix(model, index)
-        block = self.blocks(model)[index]
-        f = block.mlp.c_proj.weight.shape[0]
-        units = tuple((j,) for j in range(f))
-        groups = [CoupledGroup(name=f"{p}.mlp:ffn_channel", kind="ffn_channel", block=index,
-                               downstream=f"{p}.mlp.c_proj", units=units, upstream={f"{p}.mlp.c_fc": units})]
-        n, _, hd = self.attention_counts(model, index)
-        e = n * hd
-        heads = tuple(tuple(range(h * hd, (h + 1) * hd)) for h in range(n))
-        qkv_rows = tuple(tuple(s * e + r for s in range(3) for r in head) for head in heads)
-        groups.append(CoupledGroup(name=f"{p}.attn:attention_head", kind="attention_head", block=index,
-                                   downstream=f"{p}.attn.c_proj", units=heads,
-                                   upstream={f"{p}.attn.c_attn": qkv_rows}))
-        groups.append(CoupledGroup(name=f"{p}.attn:vo_channel", kind="vo_channel", block=index,
-                                   downstream=f"{p}.attn.c_proj", units=tuple((c,) for c in range(e)),
-                                   upstream={f"{p}.attn.c_attn": tuple((2 * e + c,) for c in range(e))}))
-        return groups
 
     def fix_block(self, model: nn.Module, index: int) -> None:
         block = self.blocks(model)[index]

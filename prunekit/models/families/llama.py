@@ -5,19 +5,14 @@ Block layout (``model.model.layers[i]``)::
     x -> input_layernorm -> self_attn.{q,k,v}_proj -> attention -> self_attn.o_proj -> + x
       -> post_attention_layernorm -> mlp.{gate,up}_proj -> SiLU(gate) * up -> mlp.down_proj -> + x
 
-Coupled groups (methods.md §3.2, §4.2, §8.4; claim C2):
-
-* ``glu_channel`` -- intermediate channel j: rows j of gate_proj and up_proj, column j of down_proj;
-* ``attention_head`` (MHA, one query head per KV head) -- q/k/v rows of head h and the ``head_dim`` o_proj
-  columns of head h;
-* ``gqa_group`` (GQA) -- KV head g with its ``G`` query heads: their q rows, the k/v rows of head g and the
-  o_proj columns of the ``G`` query heads;
-* ``vo_channel`` (FASP) -- channel c of KV head g: row ``g*hd + c`` of v_proj and the o_proj columns
-  ``(g*G + q)*hd + c`` of the ``G`` query heads that read it.  HF attention modules tie the value head size
-  to ``head_dim``, so surgery compacts them (``CompactLinear``: smaller weights, index gather/scatter).
-
-Counts are read from the current module shapes, so the adapter describes pruned models too (each layer keeps
-its own head and channel counts).
+The coupled groups are derived from the block's computation (``prunekit.models.derived_groups``; methods.md
+§3.2, §4.2, §8.4; claim C2): ``glu_channel`` (rows j of gate_proj and up_proj, column j of down_proj),
+``attention_head`` / ``gqa_group`` (KV head g with its ``G`` query heads) and ``vo_channel`` (row ``g*hd + c`` of
+v_proj with the o_proj columns of the ``G`` query heads that read it; surgery compacts them with
+``CompactLinear``, since HF attention ties the value head size to ``head_dim``).  This module holds what the
+computation cannot say: where the blocks are, and the per-module attributes and config fields to fix after
+units are removed.  Counts are read from the current module shapes, so the adapter describes pruned models too
+(each layer keeps its own head and channel counts).
 """
 
 from __future__ import annotations
@@ -25,7 +20,6 @@ from __future__ import annotations
 from torch import nn
 
 from ..adapters import FamilyAdapter, register_family
-from ..groups import CoupledGroup
 
 _ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 _O = "self_attn.o_proj"
@@ -36,10 +30,6 @@ _DOWN = "mlp.down_proj"
 def _head_dim(attn: nn.Module, config) -> int:
     hd = getattr(attn, "head_dim", None) or getattr(config, "head_dim", None)
     return int(hd or config.hidden_size // config.num_attention_heads)
-
-
-def _rows(start: int, size: int) -> tuple[int, ...]:
-    return tuple(range(start, start + size))
 
 
 @register_family
@@ -71,43 +61,6 @@ class LlamaAdapter(FamilyAdapter):
 
     def intermediate_size(self, model: nn.Module, index: int) -> int:
         return self.blocks(model)[index].mlp.down_proj.in_features
-
-    # ------------------------------------------------------------------ groups
-    def coupled_groups(self, model: nn.Module, index: int) -> list[CoupledGroup]:
-        p = self.block_prefix(model, index)
-        groups = [self._glu_group(p, index, self.intermediate_size(model, index))]
-        nq, nkv, hd = self.attention_counts(model, index)
-        groups += self._attention_groups(p, index, nq, nkv, hd)
-        return groups
-
-    def _glu_group(self, p: str, index: int, f: int) -> CoupledGroup:
-        units = tuple((j,) for j in range(f))
-        return CoupledGroup(
-            name=f"{p}.mlp:glu_channel", kind="glu_channel", block=index, downstream=f"{p}.{_DOWN}",
-            units=units, upstream={f"{p}.{m}": units for m in _GLU},
-        )
-
-    def _attention_groups(self, p: str, index: int, nq: int, nkv: int, hd: int) -> list[CoupledGroup]:
-        if nkv == 0 or nq % nkv:
-            return []
-        g = nq // nkv
-        q, k, v = (f"{p}.{m}" for m in _ATTN)
-        heads = [
-            CoupledGroup(  # unit = KV head with its G query heads (G = 1 is plain multi-head attention)
-                name=f"{p}.self_attn:{'attention_head' if g == 1 else 'gqa_group'}",
-                kind="attention_head" if g == 1 else "gqa_group", block=index, downstream=f"{p}.{_O}",
-                units=tuple(_rows(u * g * hd, g * hd) for u in range(nkv)),
-                upstream={q: tuple(_rows(u * g * hd, g * hd) for u in range(nkv)),
-                          k: tuple(_rows(u * hd, hd) for u in range(nkv)),
-                          v: tuple(_rows(u * hd, hd) for u in range(nkv))},
-            )
-        ]
-        vo_units = tuple(tuple((u * g + r) * hd + c for r in range(g)) for u in range(nkv) for c in range(hd))
-        heads.append(CoupledGroup(
-            name=f"{p}.self_attn:vo_channel", kind="vo_channel", block=index, downstream=f"{p}.{_O}",
-            units=vo_units, upstream={v: tuple((u * hd + c,) for u in range(nkv) for c in range(hd))},
-        ))
-        return heads
 
     # ------------------------------------------------------------------ config
     def fix_block(self, model: nn.Module, index: int) -> None:

@@ -3,12 +3,9 @@
     x -> self_attn_layer_norm -> self_attn.{q,k,v}_proj (+bias) -> attention -> self_attn.out_proj (+bias) -> + x
       -> final_layer_norm -> fc1 (+b1) -> ReLU -> fc2 (+b2) -> + x
 
-Coupled groups (methods.md §3.2, §4.2; claim C2):
-
-* ``ffn_channel`` -- channel j: row j and bias entry j of fc1, column j of fc2 (b2 is kept);
-* ``attention_head`` -- q/k/v rows and bias entries of head h, the ``head_dim`` out_proj columns of head h;
-* ``vo_channel`` (FASP) -- row c (and bias entry) of v_proj with column c of out_proj; HF's OPT attention ties the
-  value head size to ``head_dim``, so surgery compacts them (``CompactLinear``).
+Coupled groups, derived from the block's computation (``prunekit.models.derived_groups``): ``ffn_channel`` (row
+and bias entry j of fc1, column j of fc2), ``attention_head`` (q/k/v rows of head h, its ``head_dim`` out_proj
+columns) and ``vo_channel`` (row c of v_proj with column c of out_proj, compacted by surgery).
 
 OPT computes ``head_dim = hidden_size / num_attention_heads``: after head removal the stock config cannot
 describe the model, and ``prunekit.load_pruned`` rebuilds it from the stored shapes.
@@ -19,7 +16,6 @@ from __future__ import annotations
 from torch import nn
 
 from ..adapters import FamilyAdapter, register_family
-from ..groups import CoupledGroup
 
 _QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 
@@ -43,24 +39,6 @@ class OPTAdapter(FamilyAdapter):
         hd = int(attn.head_dim)
         n = attn.q_proj.out_features // hd
         return n, n, hd
-
-    def coupled_groups(self, model: nn.Module, index: int) -> list[CoupledGroup]:
-        p = self.block_prefix(model, index)
-        block = self.blocks(model)[index]
-        f = block.fc2.in_features
-        units = tuple((j,) for j in range(f))
-        groups = [CoupledGroup(name=f"{p}.mlp:ffn_channel", kind="ffn_channel", block=index,
-                               downstream=f"{p}.fc2", units=units, upstream={f"{p}.fc1": units})]
-        n, _, hd = self.attention_counts(model, index)
-        heads = tuple(tuple(range(h * hd, (h + 1) * hd)) for h in range(n))
-        groups.append(CoupledGroup(name=f"{p}.self_attn:attention_head", kind="attention_head", block=index,
-                                   downstream=f"{p}.self_attn.out_proj", units=heads,
-                                   upstream={f"{p}.{m}": heads for m in _QKV}))
-        chans = tuple((c,) for c in range(n * hd))
-        groups.append(CoupledGroup(name=f"{p}.self_attn:vo_channel", kind="vo_channel", block=index,
-                                   downstream=f"{p}.self_attn.out_proj", units=chans,
-                                   upstream={f"{p}.self_attn.v_proj": chans}))
-        return groups
 
     def fix_block(self, model: nn.Module, index: int) -> None:
         self.blocks(model)[index].self_attn.num_heads = self.attention_counts(model, index)[0]
