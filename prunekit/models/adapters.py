@@ -37,6 +37,9 @@ class FamilyAdapter(ABC):
 
     name: str = ""
     model_types: tuple[str, ...] = ()
+    groups_per_block: bool = False
+    """True when the adapter keeps, per block, the groups the block was pruned with (the generic adapter); False
+    when :meth:`coupled_groups` describes each block's current shapes (derived once per layout, on demand)."""
 
     @abstractmethod
     def blocks(self, model: nn.Module) -> nn.ModuleList:

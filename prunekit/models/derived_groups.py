@@ -84,16 +84,22 @@ def _first_window(sample_inputs) -> Optional[tuple]:
     return None
 
 
+def keep_sample(model: nn.Module, sample_inputs) -> None:
+    """Keep window 0 of ``sample_inputs`` (a ``calibration.BlockInputs``) for the probes of ``model``'s layouts not
+    yet met (module docstring); no probe runs."""
+    window = _first_window(sample_inputs)
+    if window is not None:
+        _CACHE.setdefault(model, _ModelCouplings()).sample = window
+
+
 def block_coupling(model: nn.Module, adapter, index: int, sample_inputs=None, *, device=None) -> BlockCoupling:
     """The coupling of block ``index`` (``coupling.BlockCoupling``: groups, data edges, ties), probed once per
     block layout of ``model`` (module docstring).  ``sample_inputs`` as for ``coupling.derive_coupling``; None
     uses the call arguments kept from an earlier sample of this model, else a random token window."""
     block = adapter.blocks(model)[index]
     prefix = adapter.block_prefix(model, index)
+    keep_sample(model, sample_inputs)
     known = _CACHE.setdefault(model, _ModelCouplings())
-    window = _first_window(sample_inputs)
-    if window is not None:
-        known.sample = window
     layout = block_layout(block)
     if layout not in known.by_layout:
         if sample_inputs is None and known.sample is not None:
@@ -111,4 +117,4 @@ def forget_couplings(model: nn.Module) -> None:
     _CACHE.pop(model, None)
 
 
-__all__ = ["block_coupling", "block_layout", "forget_couplings"]
+__all__ = ["block_coupling", "block_layout", "forget_couplings", "keep_sample"]

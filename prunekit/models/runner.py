@@ -231,6 +231,11 @@ def _derive_committed_groups(store, index: int, inputs, recipe: Recipe, device, 
     :func:`derives_groups`."""
     if not derives_groups(store.adapter, recipe):
         return
+    if not store.adapter.groups_per_block:  # groups derived on demand: keep the sample, read no block
+        from .derived_groups import keep_sample
+
+        keep_sample(store.model, inputs)
+        return
     block = store.load(index)
     with experts_unfused(block):  # each expert's channels are groups of their own, as in the run
         trace_and_derive_(store.model, store.adapter, index, as_compute(block, device, dtype), inputs, recipe, device)

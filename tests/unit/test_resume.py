@@ -158,3 +158,30 @@ def test_channels_of_a_model_without_adapter_resume_identically(tmp_path, monkey
     _assert_identical(tensors_of(out), tensors_of(tmp_path / "reference"))
     config = json.loads((out / "config.json").read_text())
     assert config == json.loads((tmp_path / "reference" / "config.json").read_text())
+
+
+def test_channels_of_a_family_model_resume_identically_reading_each_committed_block_once(tmp_path, monkeypatch,
+                                                                                          one_thread):
+    """Property: a LLaMA channel run (groups derived from the block computation, once per layout) killed after block
+    1 resumes to the uninterrupted run's tensors and config; the resumed process reads each committed block once (to
+    rebuild it: the groups need no extra read -- the probe takes a kept calibration sample)."""
+    from prunekit.models import stores
+
+    src = write_checkpoint(tmp_path / "src", layers=4)
+    recipe = recipe_dict(calibration_file(tmp_path), method="fasp", structure="channels", sparsity=0.3,
+                         attention="vo_channels")
+    prune_checkpoint(src, recipe, tmp_path / "reference", progress=False, echo=None)
+    out = tmp_path / "killed"
+    assert _spawn(src, recipe, out, kill_after=1, threads=1).wait(timeout=300) == -signal.SIGKILL
+    solved = _count_solved_blocks(monkeypatch)
+    reads: list[int] = []
+    loaders = [c for c in vars(stores).values() if isinstance(c, type) and "load" in vars(c)]
+    for cls in loaders:
+        original = cls.load
+        monkeypatch.setattr(cls, "load", lambda self, index, _o=original: reads.append(index) or _o(self, index))
+    report = prune_checkpoint(src, recipe, out, resume=True, progress=False, echo=None)
+    assert report.resumed_from_block == 2 and solved == [2, 3]
+    assert reads.count(0) == 1 and reads.count(1) == 1, reads
+    _assert_identical(tensors_of(out), tensors_of(tmp_path / "reference"))
+    assert json.loads((out / "config.json").read_text()) == json.loads(
+        (tmp_path / "reference" / "config.json").read_text())

@@ -392,6 +392,7 @@ class GenericAdapter(FamilyAdapter):
 
     name = "generic"
     model_types = ()  # never matched by type: adapter_for falls back to it
+    groups_per_block = True
     structures = frozenset({"unstructured", "nm", "channels"})
     channel_kinds = ("glu_channel", "ffn_channel", "vo_channel")
     """Coupled groups the generic adapter prunes: MLP channels and V/O channels change only linear widths (no
