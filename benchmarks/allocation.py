@@ -35,7 +35,9 @@ def run_id(a) -> str:
     opts = f"-m{a.owl_m:g}-l{a.owl_lambda:g}" if a.allocation == "owl" else (
         f"-T{a.temperature:g}" if a.allocation == "softmax" else "")
     rt = f"-r{a.round_to}" if a.round_to != "auto" else ""
-    return f"{a.method}{extra}-{a.structure}{a.sparsity:g}-{a.allocation}{opts}{rt}"
+    refit = "" if a.block_refit == "off" else (
+        "-refit" + "".join(f"-{k}{v:g}" for k, v in sorted(a.block_refit_fields.items())))
+    return f"{a.method}{extra}-{a.structure}{a.sparsity:g}-{a.allocation}{opts}{rt}{refit}"
 
 
 def run(a) -> dict:
@@ -58,6 +60,7 @@ def run(a) -> dict:
         round_to = a.round_to if a.round_to == "auto" else int(a.round_to)
         recipe = Recipe(method=a.method, structure=a.structure, sparsity=a.sparsity, allocation=a.allocation,
                         temperature=a.temperature, owl_m=a.owl_m, owl_lambda=a.owl_lambda, options=a.options,
+                        block_refit=a.block_refit_value,
                         round_to=round_to, calibration=CalibrationSettings(source="wikitext2", nsamples=a.nsamples,
                                                                            seqlen=a.seqlen, seed=0))
         rec["recipe"] = recipe.to_dict()
@@ -74,6 +77,8 @@ def run(a) -> dict:
         result = prunekit.prune(model, recipe, calib, progress=False, ratios=ratios)
         rec["prune_time_s"] = time.perf_counter() - t0
         rep = result.report
+        if rep.refits:
+            rec["refits"] = [r.to_dict() for r in rep.refits]
         rec["params_before"], rec["params_after"] = rep.params_before, rep.params_after
         rec["nonzero_before"], rec["nonzero_after"] = rep.nonzero_params_before, rep.nonzero_params_after
         rec["pruned_targets"] = sum(round(r.shape[0] * r.shape[1] * r.sparsity) for r in rep.layers
@@ -175,6 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--owl-lambda", type=float, default=0.08)
     p.add_argument("--round-to", default="auto")
     p.add_argument("--option", action="append", default=[], help="formulation option KEY=JSON (e.g. refit=true)")
+    p.add_argument("--block-refit", default="off",
+                   help="off (default: the uniform rows above), on, or a JSON mapping of epochs / lr / seed")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=64)
@@ -185,6 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
     a.options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in a.option)}
+    a.block_refit_fields = {} if a.block_refit in ("off", "on") else json.loads(a.block_refit)
+    a.block_refit_value = False if a.block_refit == "off" else dict(a.block_refit_fields)
     records = load_records()
     if not a.report_only:
         rec = run(a)

@@ -59,6 +59,7 @@ def _run(model: nn.Module, recipe: RecipeLike, calibration, sink, *, device, pro
          ratios) -> tuple[Recipe, PruningPlan]:
     from .models.allocate import allocate
     from .models.allocation_default import resolve_allocation
+    from .models.block_refit import resolve_block_refit
     from .models.runner import run
     from .models.stores import ModelBlocks
 
@@ -67,7 +68,7 @@ def _run(model: nn.Module, recipe: RecipeLike, calibration, sink, *, device, pro
     recipe = Recipe.coerce(recipe)
     device = parse_device(device)
     store = ModelBlocks(model)
-    recipe = resolve_allocation(recipe)  # "auto" -> the setting's rule (the returned recipe records it)
+    recipe = resolve_block_refit(resolve_allocation(recipe))  # "auto" -> the setting's rules (recorded)
     tokens = calibration_tokens(recipe, calibration, tokenizer=tokenizer, data_dir=data_dir, model=model)
     if ratios is None and recipe.allocation != "uniform":
         ratios = allocate(store, recipe, tokens, device=device, progress=progress)
@@ -130,7 +131,7 @@ def prune(model: nn.Module, recipe: RecipeLike, calibration, *, device="cpu", pr
         calibration_shape=tuple(prov.get("calibration_shape", (0, 0))), params_before=params_before,
         params_after=count_parameters(model), nonzero_params_before=nonzero_before,
         nonzero_params_after=count_nonzero(model), time_prune_s=time.perf_counter() - start,
-        time_total_s=time.perf_counter() - start, layers=list(the_plan.records), versions=prov.get("versions", {}))
+        time_total_s=time.perf_counter() - start, layers=list(the_plan.records), refits=list(the_plan.refits), versions=prov.get("versions", {}))
     return PruneResult(the_plan, report)
 
 

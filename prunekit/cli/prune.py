@@ -57,7 +57,28 @@ def build_recipe(args: argparse.Namespace, data_dir=None):
     if args.calib is not None or "source" not in calib:
         calib["source"] = _calibration_source(args.calib or "auto", data_dir)
     fields["calibration"] = calib
+    refit = _block_refit(args, fields.get("block_refit", "auto"))
+    if refit is not None:
+        fields["block_refit"] = refit
     return Recipe.from_dict(fields)
+
+
+def _block_refit(args: argparse.Namespace, current):
+    """``--block-refit auto|on|off`` with ``--block-refit-epochs`` / ``--block-refit-lr`` on top (None: no flag)."""
+    choice = getattr(args, "block_refit", None)
+    tuned = {k: v for k, v in (("epochs", getattr(args, "block_refit_epochs", None)),
+                               ("lr", getattr(args, "block_refit_lr", None))) if v is not None}
+    if choice is None and not tuned:
+        return None
+    if choice == "off":
+        if tuned:
+            raise SystemExit("prunekit prune: --block-refit off contradicts --block-refit-epochs / --block-refit-lr. "
+                             "Fix: drop one of them.")
+        return False
+    if choice == "auto" and not tuned:
+        return "auto"
+    base = current if isinstance(current, dict) else {}
+    return {**base, **tuned}
 
 
 def _calibration_source(source: str, data_dir) -> str:
@@ -298,6 +319,13 @@ def register(subparsers) -> None:
                    help="modules left dense, same syntax (default: lm_head, re:.*router.*, gate, shared_expert_gate)")
     p.add_argument("--unrouted", default=None, choices=("dense", "magnitude"),
                    help="modules no calibration token reaches (MoE experts): left dense (default) or magnitude")
+    p.add_argument("--block-refit", dest="block_refit", default=None, choices=("auto", "on", "off"),
+                   help="after each block's solves, fit its kept weights to the dense block's outputs, masks fixed "
+                        "([derived]; auto: the method's default)")
+    p.add_argument("--block-refit-epochs", dest="block_refit_epochs", type=positive_int, default=None,
+                   help="block refit: passes over the calibration windows (default 2; implies --block-refit on)")
+    p.add_argument("--block-refit-lr", dest="block_refit_lr", type=positive, default=None,
+                   help="block refit: Adam step size (default 2e-4; implies --block-refit on)")
     p.add_argument("--dtype", default=None, choices=("float32", "float64", "bfloat16", "float16"),
                    help="compute dtype of the block copies (float32); the output keeps the checkpoint's dtype")
     p.add_argument("--out", required=True, help="output folder (appears only when the run is complete)")

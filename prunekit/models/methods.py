@@ -108,6 +108,12 @@ class Method:
         return self.formulation.calibration_mode
 
     @property
+    def block_refit_default(self) -> bool:
+        """Whether ``block_refit="auto"`` turns the block reconstruction on for this method (the formulation's
+        ``block_refit_default`` ClassVar, False when absent; ``prunekit.models.block_refit``)."""
+        return bool(getattr(self.formulation, "block_refit_default", False))
+
+    @property
     def column_score(self) -> str:
         return self.formulation.column_score
 

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from .allocation_default import resolve_allocation
+from .block_refit import resolve_block_refit
 from .recipe import Recipe
 from .records import RunReport, versions
 
@@ -179,7 +180,7 @@ def _prune_checkpoint(ctx, model, recipe, out, *, overwrite, resume, device, pro
         for note in output.notes if output is not None else ():
             say(f"prunekit: {note}")
         store = ctx.checked(CheckpointBlocks, folder)
-        recipe = resolve_allocation(recipe)  # "auto" -> the setting's rule, recorded in the report
+        recipe = resolve_block_refit(resolve_allocation(recipe))  # "auto" -> the setting's rules, recorded
         kept = {}
 
         def read_calibration():  # rank 0: the tokenizer and the windows (they reach every rank)
@@ -206,7 +207,7 @@ def _prune_checkpoint(ctx, model, recipe, out, *, overwrite, resume, device, pro
                 params_before=_numel(reader, reader.names), params_after=_numel_written(output),
                 nonzero_params_before=blocks_before + outside, nonzero_params_after=blocks_after + outside,
                 time_prune_s=prune_s, resumed_from_block=sink.resume_from, output_format=layout.format,
-                output_dtype=str(store.dtype).replace("torch.", ""), layers=list(plan.records),
+                output_dtype=str(store.dtype).replace("torch.", ""), layers=list(plan.records), refits=list(plan.refits),
                 notes=list(layout.notes), versions=versions())
 
         report = ctx.from_main(conclude)

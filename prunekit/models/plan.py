@@ -56,6 +56,7 @@ class PruningPlan:
     provenance: dict[str, Any] = field(default_factory=dict)
     records: list = field(default_factory=list)  # LayerRecord per layer problem
     version: int = VERSION
+    refits: list = field(default_factory=list)  # block_refit.RefitRecord per refitted block
 
     def block_edits(self, index: int, prefix: str) -> "PruningPlan":
         """The sub-plan of one block (edits whose module/downstream name starts with ``prefix + '.'``)."""
@@ -63,7 +64,8 @@ class PruningPlan:
         return PruningPlan(
             {k: e for k, e in self.module_edits.items() if (e.module or k).startswith(head)},
             {k: g for k, g in self.group_edits.items() if k.startswith(head)},
-            dict(self.provenance), [r for r in self.records if r.block == index], self.version)
+            dict(self.provenance), [r for r in self.records if r.block == index], self.version,
+            [r for r in self.refits if r.block == index])
 
     def merge_(self, other: "PruningPlan", keep_weights: bool = True) -> None:
         """Add another (block) plan's edits and records; ``keep_weights=False`` drops its module weights."""
@@ -71,6 +73,7 @@ class PruningPlan:
             self.module_edits[k] = e if keep_weights else ModuleEdit(e.module, None, None, e.sparsity_kind, e.note)
         self.group_edits.update(other.group_edits)
         self.records.extend(other.records)
+        self.refits.extend(other.refits)
 
     # ------------------------------------------------------------------ serialization
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +88,7 @@ class PruningPlan:
             "group_edits": {k: {**asdict(g), "kept_units": list(g.kept_units)} for k, g in self.group_edits.items()},
             "provenance": self.provenance,
             "records": [r.to_dict() for r in self.records],
+            **({"refits": [r.to_dict() for r in self.refits]} if self.refits else {}),
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -119,8 +123,11 @@ class PruningPlan:
             k: GroupEdit(group=g["group"], kind=g["kind"], kept_units=tuple(g["kept_units"]), num_units=g["num_units"])
             for k, g in data.get("group_edits", {}).items()
         }
+        from .block_refit import RefitRecord
+
         records = [LayerRecord.from_dict(r) for r in data.get("records", [])]
-        return cls(edits, groups, dict(data.get("provenance", {})), records, version)
+        refits = [RefitRecord.from_dict(r) for r in data.get("refits", [])]
+        return cls(edits, groups, dict(data.get("provenance", {})), records, version, refits)
 
     def save(self, path: str | os.PathLike, include_weights: bool = False) -> Path:
         """Write ``plan.json`` (and, with ``include_weights``, ``plan.safetensors``) into folder ``path``

@@ -26,7 +26,11 @@ A recipe names
   gates), and ``unrouted``: what happens to a module no calibration token reaches (an MoE expert never routed
   to): ``"dense"`` (default, kept and reported) or ``"magnitude"``.  For ``structure="channels"`` both policies
   prune such an expert to its siblings' width by weight-norm channel scores (every expert of a block must keep
-  one width; :mod:`prunekit.models.families.expert_channels`), and its record says so.
+  one width; :mod:`prunekit.models.families.expert_channels`), and its record says so;
+* ``block_refit``: after a block's layer problems are solved, fit the kept weights of the whole block to the
+  dense block's outputs, masks fixed (:mod:`prunekit.models.block_refit`, [derived]): ``"auto"`` (default: the
+  method's own default, resolved when the run starts and recorded), ``false`` / None (off), ``true`` (on, default
+  settings) or a mapping of :class:`~prunekit.models.block_refit.BlockRefit` fields (``epochs``, ``lr``, ``seed``).
 
 Recipes are plain data: explicit keyword fields, no ``**kwargs``, no aliases.  Contradictory settings are
 errors.  They round-trip through ``to_dict``/``from_dict``, JSON and YAML (an unquoted ``2:4`` stays a structure,
@@ -147,6 +151,7 @@ class Recipe:
     targets: Any = None
     ignore: Any = None
     unrouted: str = "dense"
+    block_refit: Any = "auto"
     version: int = VERSION
 
     def __post_init__(self) -> None:
@@ -166,6 +171,10 @@ class Recipe:
         chosen = TargetFilter.parse(self.targets, self.ignore)  # FormulationError on a bad pattern
         set_(self, "targets", tuple(p.text for p in chosen.targets))
         set_(self, "ignore", tuple(p.text for p in chosen.ignore))
+        if not (isinstance(self.block_refit, str) and self.block_refit == "auto"):
+            from .block_refit import BlockRefit
+
+            set_(self, "block_refit", BlockRefit.coerce(self.block_refit))
         fixed = self.structure.fixed_ratio
         if fixed is not None:
             if self.sparsity is not None and not _same_ratio(self.sparsity, fixed):
@@ -306,6 +315,8 @@ class Recipe:
         out["solver_options"] = dict(self.solver_options)
         out["calibration"] = dataclasses.asdict(self.calibration)
         out["targets"], out["ignore"] = list(self.targets), list(self.ignore)
+        out["block_refit"] = self.block_refit if isinstance(self.block_refit, (str, type(None))) \
+            else self.block_refit.to_dict()
         return out
 
     @classmethod

@@ -92,11 +92,13 @@ class RunReport:
     layers: list[LayerRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    refits: list = field(default_factory=list)  # block_refit.RefitRecord per block (block_refit runs only)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["calibration_shape"] = list(self.calibration_shape)
         out["layers"] = [r.to_dict() for r in self.layers]
+        out["refits"] = [r.to_dict() for r in self.refits]
         return out
 
     @classmethod
@@ -104,6 +106,10 @@ class RunReport:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
         values["layers"] = [LayerRecord.from_dict(r) for r in values.get("layers", [])]
+        if values.get("refits"):
+            from .block_refit import RefitRecord
+
+            values["refits"] = [RefitRecord.from_dict(r) for r in values["refits"]]
         values["calibration_shape"] = tuple(values.get("calibration_shape", (0, 0)))
         return cls(**values)
 

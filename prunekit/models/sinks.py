@@ -26,6 +26,7 @@ from torch import nn
 
 from .families.experts import experts_unfused, fuse_experts_
 from .plan import GroupEdit, PruningPlan
+from .block_refit import RefitRecord
 from .records import LayerRecord
 from .surgery import load_block_state_, pruned_block, replace_block_
 
@@ -81,6 +82,7 @@ class CheckpointSink(PlanSink):
         self.resume_from = len(self._done)
         for entry in self._done:
             self.plan.records.extend(LayerRecord.from_dict(r) for r in entry["records"])
+            self.plan.refits.extend(RefitRecord.from_dict(r) for r in entry.get("refits", []))
             self.plan.group_edits.update({k: GroupEdit(**{**g, "kept_units": tuple(g["kept_units"])})
                                           for k, g in entry["group_edits"].items()})
 
@@ -103,6 +105,7 @@ class CheckpointSink(PlanSink):
             "block": index,
             "nonzero": [before, _nonzero_parameters(block)],
             "records": [r.to_dict() for r in block_plan.records],
+            "refits": [r.to_dict() for r in block_plan.refits],
             "group_edits": {k: {"group": g.group, "kind": g.kind, "kept_units": list(g.kept_units),
                                 "num_units": g.num_units} for k, g in block_plan.group_edits.items()},
         })

@@ -1,0 +1,208 @@
+"""prunekit.models.block_refit: the block reconstruction keeps every solved mask, lowers the block error it reports
+(or keeps the solvers' weights and says why), travels through plans, reports and resumed checkpoints, and every bad
+setting gets one clear error."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from _tiny_models import tiny_model, tokens
+
+pytestmark = pytest.mark.hf
+
+import prunekit  # noqa: E402
+from prunekit.errors import FormulationError, ModelError  # noqa: E402
+from prunekit.models.block_refit import BlockRefit, RefitRecord, refit_block, resolve_block_refit  # noqa: E402
+from prunekit.models.recipe import Recipe  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def modeling_imported(one_thread_module):
+    import transformers.models.llama.modeling_llama  # noqa: F401
+
+
+def recipe(**fields) -> Recipe:
+    return Recipe(**{"method": "sparsegpt", "structure": "unstructured", "sparsity": 0.5, "block_refit": False,
+                     **fields})
+
+
+def block_zero(model, calib, plan_recipe, settings: BlockRefit):
+    """(plan of block 0 from the layer solves, refitted plan, record) -- refit_block called directly."""
+    from prunekit.models.adapters import adapter_for
+    from prunekit.models.calibration import capture_block_inputs, forward_block
+
+    plan = prunekit.plan(model, plan_recipe, calib, progress=False)
+    adapter = adapter_for(model)
+    prefix = adapter.block_prefix(model, 0)
+    block_plan = plan.block_edits(0, prefix)
+    dense = adapter.blocks(model)[0]
+    inputs = capture_block_inputs(model, adapter, calib)
+    targets = forward_block(dense, inputs, device="cpu").hidden
+    groups = {g.name: g for g in adapter.coupled_groups(model, 0)}
+    refitted, record = refit_block(dense, prefix, 0, block_plan, inputs, targets, settings, groups, device="cpu",
+                                   dtype=torch.float32)
+    return block_plan, refitted, record
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "2:4"])
+def test_the_refit_keeps_every_solved_mask_and_lowers_the_block_error(structure):
+    model = tiny_model("llama", dtype=torch.float32)
+    before, after, record = block_zero(model, tokens(n=6, t=24), recipe(structure=structure,
+                                                                         sparsity=None if structure == "2:4" else 0.5),
+                                       BlockRefit(epochs=3))
+    assert record.kept and record.error_after < record.error_before and record.steps == 18
+    assert set(record.modules) == set(before.module_edits)
+    for key, edit in before.module_edits.items():
+        new = after.module_edits[key].weight
+        assert torch.equal(new != 0, edit.weight != 0) or torch.equal((new != 0) | (edit.weight == 0),
+                                                                      torch.ones_like(new, dtype=torch.bool)), key
+        assert not torch.equal(new, edit.weight), key  # the kept weights moved
+        assert bool(((new != 0) & (edit.weight == 0)).any()) is False, key  # no pruned weight came back
+        if structure == "2:4":
+            assert int((new.reshape(-1, 4) != 0).sum(1).max()) <= 2
+
+
+def test_a_refit_that_does_not_lower_the_error_leaves_the_solvers_weights_and_says_why():
+    model = tiny_model("llama", dtype=torch.float32)
+    before, after, record = block_zero(model, tokens(n=4, t=24), recipe(), BlockRefit(epochs=2, lr=0.5))
+    assert not record.kept and "not kept" in record.note and record.error_after >= record.error_before
+    for key, edit in before.module_edits.items():
+        assert after.module_edits[key].weight is edit.weight
+
+
+def test_channel_plans_train_the_upstream_rows_and_replay_physically_smaller():
+    """FASP channels: the refit trains down_proj's kept columns and gate/up (upstream of the GLU group); the plan
+    still replays by surgery to a smaller model whose logits equal the masked twin's."""
+    model = tiny_model("llama", dtype=torch.float32)
+    calib = tokens(n=6, t=24)
+    r = recipe(method="fasp", structure="channels", sparsity=0.25, block_refit={"epochs": 2, "lr": 1e-3})
+    plan = prunekit.plan(model, r, calib, progress=False)
+    assert [x.block for x in plan.refits] == [0, 1] and all(x.kept for x in plan.refits)
+    assert {m.rsplit(".", 1)[-1] for m in plan.refits[0].modules} == {"gate_proj", "up_proj", "down_proj"}
+    pruned = copy.deepcopy(model)
+    prunekit.apply_(pruned, plan)
+    assert pruned.model.layers[0].mlp.down_proj.in_features == 48
+    masked = copy.deepcopy(model)  # the masked twin: refitted weights, pruned columns of down_proj zero
+    for key, edit in plan.module_edits.items():
+        masked.get_submodule(edit.module or key).weight.data.copy_(edit.weight)
+    x = tokens(n=2, t=12, seed=4)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x).logits, masked(x).logits, atol=1e-5, rtol=0)
+
+
+def test_the_refit_lowers_the_calibration_error_of_the_pruned_model():
+    """End to end (propagated mode): the refitted model's last hidden state is nearer the dense model's on the
+    calibration windows than the plain solve's."""
+    model = tiny_model("llama", dtype=torch.float32)
+    calib = tokens(n=8, t=24)
+
+    def hidden_error(r):
+        pruned = copy.deepcopy(model)
+        prunekit.prune(pruned, r, calib, progress=False)
+        with torch.no_grad():
+            a = pruned(calib, output_hidden_states=True).hidden_states[-1]
+            b = model(calib, output_hidden_states=True).hidden_states[-1]
+        return float((a - b).square().sum() / b.square().sum())
+
+    assert hidden_error(recipe(block_refit={"epochs": 3})) < hidden_error(recipe())
+
+
+def test_settings_round_trip_and_bad_values_get_one_clear_error():
+    assert recipe(block_refit=True).block_refit == BlockRefit()
+    assert recipe(block_refit={"epochs": 3, "lr": 1e-3}).block_refit == BlockRefit(epochs=3, lr=1e-3)
+    for value in (True, False, None, {"epochs": 4}, "auto"):
+        r = recipe(block_refit=value)
+        assert Recipe.from_dict(r.to_dict()) == r and Recipe.from_json(r.to_json()) == r
+    for bad, words in ((0.5, "'auto', true/false"), ("on", "'auto', true/false"), ({"epochs": 0}, "epochs"),
+                       ({"lr": 2.0}, "lr"), ({"steps": 3}, "no field")):
+        with pytest.raises(FormulationError, match=f"{words}.*|.*Fix") as info:
+            recipe(block_refit=bad)
+        assert words.split("'")[0] in str(info.value)
+
+
+def test_auto_is_the_methods_default_and_is_recorded():
+    assert resolve_block_refit(recipe(block_refit="auto")).block_refit is None  # sparsegpt: the reference's method
+    from prunekit.models.methods import resolve_method
+
+    on = [m for m in ("fista_refit", "mrp", "fasp", "sparsegpt", "wanda", "fista") if
+          resolve_method(m).block_refit_default]
+    assert "fista" not in on and "sparsegpt" not in on and "wanda" not in on  # faithful baselines stay as published
+    for name in on:
+        r = resolve_block_refit(recipe(method=name, structure="channels" if name == "fasp" else "unstructured",
+                                       block_refit="auto"))
+        assert r.block_refit == BlockRefit()
+
+
+def test_a_distributed_run_refuses_the_refit_with_the_fix():
+    from prunekit.models.runner import _refit_settings
+
+    class TwoRanks:
+        active, world_size = True, 2
+
+    with pytest.raises(ModelError, match="one process.*Fix|Fix.*block_refit: false"):
+        _refit_settings(recipe(block_refit=True), TwoRanks())
+    assert _refit_settings(recipe(block_refit=False), TwoRanks()) is None
+    assert _refit_settings(recipe(method="magnitude", block_refit=True), TwoRanks()) is None  # no calibration
+
+
+def test_records_round_trip_through_plans_and_reports(tmp_path):
+    model = tiny_model("llama", dtype=torch.float32)
+    result = prunekit.prune(model, recipe(block_refit=True), tokens(n=4, t=24), progress=False)
+    assert [r.block for r in result.report.refits] == [0, 1]
+    plan = result.plan
+    plan.save(tmp_path / "plan")
+    again = type(plan).load(tmp_path / "plan")
+    assert again.refits == plan.refits and isinstance(again.refits[0], RefitRecord)
+    from prunekit.models.records import RunReport
+
+    assert RunReport.from_dict(result.report.to_dict()).refits == result.report.refits
+
+
+def test_cli_flags_set_the_refit(tmp_path):
+    from prunekit.cli import build_parser
+    from prunekit.cli.prune import build_recipe
+
+    parser = build_parser()
+    base = ["prune", "--model", "m", "--out", str(tmp_path / "o"), "--calib", "self", "--method", "sparsegpt"]
+    assert build_recipe(parser.parse_args(base)).block_refit == "auto"
+    assert build_recipe(parser.parse_args(base + ["--block-refit", "off"])).block_refit is None
+    assert build_recipe(parser.parse_args(base + ["--block-refit", "on"])).block_refit == BlockRefit()
+    tuned = build_recipe(parser.parse_args(base + ["--block-refit-epochs", "3", "--block-refit-lr", "1e-3"]))
+    assert tuned.block_refit == BlockRefit(epochs=3, lr=1e-3)
+    file = recipe(block_refit={"epochs": 4}).save(tmp_path / "r.yaml")
+    from_file = build_recipe(parser.parse_args(base + ["--recipe", str(file), "--block-refit-lr", "5e-4"]))
+    assert from_file.block_refit == BlockRefit(epochs=4, lr=5e-4)  # a flag on top of the file's settings
+    with pytest.raises(SystemExit, match="contradicts.*Fix"):
+        build_recipe(parser.parse_args(base + ["--block-refit", "off", "--block-refit-epochs", "3"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--block-refit", "maybe"])
+
+
+def test_a_killed_refit_run_resumes_to_the_uninterrupted_checkpoint(tmp_path, monkeypatch, one_thread):
+    """Property: the refitted blocks are committed as refitted (shards) and their records survive the kill; the
+    resumed run equals the uninterrupted one bit for bit and reports every block's refit."""
+    import json
+    import signal
+
+    from _checkpoints import calibration_file, recipe_dict, tensors_of, write_checkpoint
+    from test_resume import _assert_identical, _count_solved_blocks, _spawn
+
+    from prunekit.models.pipeline import prune_checkpoint
+
+    src = write_checkpoint(tmp_path / "src", layers=4)
+    r = recipe_dict(calibration_file(tmp_path), method="sparsegpt", structure="unstructured", sparsity=0.5,
+                    block_refit={"epochs": 2, "lr": 1e-3})
+    reference = prune_checkpoint(src, r, tmp_path / "reference", progress=False, echo=None)
+    assert [x.block for x in reference.refits] == [0, 1, 2, 3]
+    out = tmp_path / "killed"
+    assert _spawn(src, r, out, kill_after=1, threads=1).wait(timeout=300) == -signal.SIGKILL
+    solved = _count_solved_blocks(monkeypatch)
+    report = prune_checkpoint(src, r, out, resume=True, progress=False, echo=None)
+    assert report.resumed_from_block == 2 and solved == [2, 3]
+    _assert_identical(tensors_of(out), tensors_of(tmp_path / "reference"))
+    assert [x.block for x in report.refits] == [0, 1, 2, 3]
+    saved = json.loads((out / "report.json").read_text())
+    assert [x["block"] for x in saved["refits"]] == [0, 1, 2, 3] and all(x["kept"] for x in saved["refits"])
