@@ -194,14 +194,16 @@ def main(argv=None) -> int:
     a.options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in a.option)}
     a.block_refit_fields = {} if a.block_refit in ("off", "on") else json.loads(a.block_refit)
     a.block_refit_value = False if a.block_refit == "off" else dict(a.block_refit_fields)
-    records = load_records()
     if not a.report_only:
         rec = run(a)
+        records = load_records()  # read after the run: runs in parallel each add their own record
         records = [r for r in records if r["run"] != rec["run"]] + [rec]
         ppl = _ppl(rec)
         print(rec["run"], rec["status"], ppl, rec.get("allocation", {}).get("budget_error"), flush=True)
         if rec["status"] != "ok":
             print(rec["error"]["traceback"], file=sys.stderr)
+    else:
+        records = load_records()
     save(records)
     return 0
 

@@ -325,7 +325,7 @@ def register(subparsers) -> None:
     p.add_argument("--block-refit-epochs", dest="block_refit_epochs", type=positive_int, default=None,
                    help="block refit: passes over the calibration windows (default 2; implies --block-refit on)")
     p.add_argument("--block-refit-lr", dest="block_refit_lr", type=positive, default=None,
-                   help="block refit: Adam step size (default 2e-4; implies --block-refit on)")
+                   help="block refit: Adam step size (default 1e-3; implies --block-refit on)")
     p.add_argument("--dtype", default=None, choices=("float32", "float64", "bfloat16", "float16"),
                    help="compute dtype of the block copies (float32); the output keeps the checkpoint's dtype")
     p.add_argument("--out", required=True, help="output folder (appears only when the run is complete)")

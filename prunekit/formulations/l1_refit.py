@@ -1,6 +1,7 @@
-"""``fista_refit``: FISTAPruner's l1 relaxation with a least-squares refit and a SparseGPT warm start as defaults.
+"""``fista_refit``: FISTAPruner's l1 relaxation with a least-squares refit and a SparseGPT warm start as defaults
+(and, in whole-model runs, the block refit).
 
-Both defaults are [derived] (not in FISTAPruner's paper); ``fista`` (:class:`~prunekit.formulations.l1.L1Relaxation`)
+The defaults are [derived] (not in FISTAPruner's paper); ``fista`` (:class:`~prunekit.formulations.l1.L1Relaxation`)
 keeps the paper's.  The problem, the loop and the solvers are L1Relaxation's.
 """
 
@@ -23,7 +24,9 @@ class RefitL1Relaxation(L1Relaxation):
     * ``refit=True``: the kept weights of the final support are replaced by the damped least-squares optimum on it
       (kept only if it lowers the error);
     * ``warm_start="sparsegpt"``: the loop starts from SparseGPT's solution (on the dense statistics when X* terms
-      are present) instead of Wanda's.
+      are present) instead of Wanda's;
+    * ``block_refit_default = True``: in a whole-model run, ``block_refit="auto"`` (the recipe default) fits each
+      block's kept weights to the dense block's outputs after the layer solves (``prunekit.models.block_refit``).
 
     Measured on the standard protocol (smollm2-135m, 2:4, uniform; benchmarks/ALLOCATION.md): 63.87 against
     FISTAPruner's 124.8, ``refit`` alone (Wanda start) 65.54 and SparseGPT's 84.06.
@@ -35,6 +38,7 @@ class RefitL1Relaxation(L1Relaxation):
     paper: ClassVar[str] = ("FISTAPruner (Zhao et al., arXiv 2408.03728) with a least-squares refit and a SparseGPT "
                             "warm start [derived]")
     method_name: ClassVar[str] = "fista_refit"
+    block_refit_default: ClassVar[bool] = True
 
     @classmethod
     def example(cls, rng) -> "RefitL1Relaxation":

@@ -23,7 +23,7 @@ on the calibration windows, not a held-out guarantee.
 
 Source: [derived] -- prunekit's option, not a rule of a paper in methods.md.  The idea of fitting a sparse block to
 the dense block's outputs with the masks fixed is EBFT's (Guo et al., "EBFT: Effective and Block-Wise Fine-Tuning
-for Sparse LLMs", 2024), whose settings (data, targets, schedule) differ; the defaults here (2 epochs, ``lr`` 2e-4,
+for Sparse LLMs", 2024), whose settings (data, targets, schedule) differ; the defaults here (2 epochs, ``lr`` 1e-3,
 the block's own dense outputs as targets) were measured on smollm2-135m (benchmarks/RESULTS.md, "block refit").
 """
 
@@ -54,7 +54,7 @@ class BlockRefit:
     """
 
     epochs: int = 2
-    lr: float = 2e-4
+    lr: float = 1e-3
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,7 +63,7 @@ class BlockRefit:
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (0 < self.lr < 1) \
                 or not math.isfinite(self.lr):
             raise FormulationError(f"block_refit.lr must be a step size in (0, 1), got {self.lr!r}. Fix: e.g. "
-                                   f"lr: 2.0e-4.")
+                                   f"lr: 1.0e-3.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise FormulationError(f"block_refit.seed must be an int, got {self.seed!r}.")
         object.__setattr__(self, "lr", float(self.lr))
@@ -83,7 +83,7 @@ class BlockRefit:
                 raise FormulationError(f"block_refit has no field(s) {unknown}. Fix: use epochs, lr, seed.")
             return cls(**dict(value))
         raise FormulationError(f"block_refit must be 'auto', true/false or a mapping of epochs / lr / seed, got "
-                               f"{value!r}. Fix: e.g. block_refit: {{epochs: 2, lr: 2.0e-4}}.")
+                               f"{value!r}. Fix: e.g. block_refit: {{epochs: 2, lr: 1.0e-3}}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
