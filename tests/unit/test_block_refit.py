@@ -1,5 +1,5 @@
 """prunekit.models.block_refit: the block reconstruction keeps every solved mask, lowers the block error it reports
-(or keeps the solvers' weights and says why), travels through plans, reports and resumed checkpoints, and every bad
+(or keeps the solvers' weights and says why), travels through plans and reports (resumed checkpoints: test_resume), and every bad
 setting gets one clear error."""
 
 from __future__ import annotations
@@ -179,30 +179,3 @@ def test_cli_flags_set_the_refit(tmp_path):
         build_recipe(parser.parse_args(base + ["--block-refit", "off", "--block-refit-epochs", "3"]))
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--block-refit", "maybe"])
-
-
-def test_a_killed_refit_run_resumes_to_the_uninterrupted_checkpoint(tmp_path, monkeypatch, one_thread):
-    """Property: the refitted blocks are committed as refitted (shards) and their records survive the kill; the
-    resumed run equals the uninterrupted one bit for bit and reports every block's refit."""
-    import json
-    import signal
-
-    from _checkpoints import calibration_file, recipe_dict, tensors_of, write_checkpoint
-    from test_resume import _assert_identical, _count_solved_blocks, _spawn
-
-    from prunekit.models.pipeline import prune_checkpoint
-
-    src = write_checkpoint(tmp_path / "src", layers=4)
-    r = recipe_dict(calibration_file(tmp_path), method="sparsegpt", structure="unstructured", sparsity=0.5,
-                    block_refit={"epochs": 2, "lr": 1e-3})
-    reference = prune_checkpoint(src, r, tmp_path / "reference", progress=False, echo=None)
-    assert [x.block for x in reference.refits] == [0, 1, 2, 3]
-    out = tmp_path / "killed"
-    assert _spawn(src, r, out, kill_after=1, threads=1).wait(timeout=300) == -signal.SIGKILL
-    solved = _count_solved_blocks(monkeypatch)
-    report = prune_checkpoint(src, r, out, resume=True, progress=False, echo=None)
-    assert report.resumed_from_block == 2 and solved == [2, 3]
-    _assert_identical(tensors_of(out), tensors_of(tmp_path / "reference"))
-    assert [x.block for x in report.refits] == [0, 1, 2, 3]
-    saved = json.loads((out / "report.json").read_text())
-    assert [x["block"] for x in saved["refits"]] == [0, 1, 2, 3] and all(x["kept"] for x in saved["refits"])

@@ -160,17 +160,21 @@ def test_channels_of_a_model_without_adapter_resume_identically(tmp_path, monkey
     assert config == json.loads((tmp_path / "reference" / "config.json").read_text())
 
 
-def test_channels_of_a_family_model_resume_identically_reading_each_committed_block_once(tmp_path, monkeypatch,
-                                                                                          one_thread):
-    """Property: a LLaMA channel run (groups derived from the block computation, once per layout) killed after block
-    1 resumes to the uninterrupted run's tensors and config; the resumed process reads each committed block once (to
-    rebuild it: the groups need no extra read -- the probe takes a kept calibration sample)."""
+@pytest.mark.parametrize("fields", [
+    dict(method="fasp", structure="channels", sparsity=0.3, attention="vo_channels"),
+    dict(method="sparsegpt", structure="unstructured", sparsity=0.5, block_refit={"epochs": 2, "lr": 1e-3}),
+], ids=["channels", "block_refit"])
+def test_a_family_model_run_resumes_identically_reading_each_committed_block_once(tmp_path, monkeypatch, one_thread,
+                                                                                   fields):
+    """Property: a LLaMA run killed after block 1 resumes to the uninterrupted run's tensors, config and records; the
+    resumed process reads each committed block once (to rebuild it).  Channels: the groups need no extra read (the
+    probe takes a kept calibration sample).  Block refit: the refitted blocks are committed as refitted and their
+    records survive the kill."""
     from prunekit.models import stores
 
     src = write_checkpoint(tmp_path / "src", layers=4)
-    recipe = recipe_dict(calibration_file(tmp_path), method="fasp", structure="channels", sparsity=0.3,
-                         attention="vo_channels")
-    prune_checkpoint(src, recipe, tmp_path / "reference", progress=False, echo=None)
+    recipe = recipe_dict(calibration_file(tmp_path), **fields)
+    reference = prune_checkpoint(src, recipe, tmp_path / "reference", progress=False, echo=None)
     out = tmp_path / "killed"
     assert _spawn(src, recipe, out, kill_after=1, threads=1).wait(timeout=300) == -signal.SIGKILL
     solved = _count_solved_blocks(monkeypatch)
@@ -185,3 +189,7 @@ def test_channels_of_a_family_model_resume_identically_reading_each_committed_bl
     _assert_identical(tensors_of(out), tensors_of(tmp_path / "reference"))
     assert json.loads((out / "config.json").read_text()) == json.loads(
         (tmp_path / "reference" / "config.json").read_text())
+    refitted = [0, 1, 2, 3] if "block_refit" in fields else []
+    assert [x.block for x in report.refits] == [x.block for x in reference.refits] == refitted
+    saved = json.loads((out / "report.json").read_text())["refits"]
+    assert [x["block"] for x in saved] == refitted and all(x["kept"] for x in saved)
