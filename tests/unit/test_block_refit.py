@@ -1,6 +1,6 @@
 """prunekit.models.block_refit: the block reconstruction keeps every solved mask, lowers the block error it reports
-(or keeps the solvers' weights and says why), travels through plans and reports (resumed checkpoints: test_resume), and every bad
-setting gets one clear error."""
+(or keeps the solvers' weights and says why), travels through plans and reports (resumed checkpoints:
+test_resume), and every bad setting gets one clear error."""
 
 from __future__ import annotations
 
