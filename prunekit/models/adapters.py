@@ -63,11 +63,10 @@ class FamilyAdapter(ABC):
 
     def derive_groups_(self, model: nn.Module, index: int, sample_inputs=None) -> list[CoupledGroup]:
         """Derive block ``index``'s groups on ``sample_inputs`` (the runner passes the block's calibration inputs,
-        a ``calibration.BlockInputs``) unless its layout is known; returns :meth:`coupled_groups`."""
+        a ``calibration.BlockInputs``) unless its layout is known; returns them (as :meth:`coupled_groups`)."""
         from .derived_groups import block_coupling
 
-        block_coupling(model, self, index, sample_inputs)
-        return self.coupled_groups(model, index)
+        return list(block_coupling(model, self, index, sample_inputs).groups)
 
     def linear_names(self, block: nn.Module) -> list[str]:
         return [n for stage in self.stages(block) for n in stage]

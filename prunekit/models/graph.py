@@ -54,26 +54,27 @@ def _shape(adapter, module: nn.Module) -> tuple[int, int]:
     return int(in_f), int(out_f)
 
 
-def _sibling_pattern(rel: str) -> str:
-    return ".".join("*" if p.isdigit() else p for p in rel.split("."))
-
-
 def _reaches(coupling, prefix: str, names: list[str]) -> dict[str, set[str]]:
     """``{module: modules of names whose input it reaches}``; a module the probe did not run (an MoE expert that
     follows a probed sibling, one no token reached) takes the reach of a probed sibling with the same pattern,
     its own instance substituted."""
+    from .families.generic import sibling_pattern  # ("mlp.experts.*", "mlp.experts.5", "w1") of "mlp.experts.5.w1"
+
+    rel = (lambda name: name[len(prefix) + 1:])
     known = {u: set(ds) & set(names) for u, ds in coupling.reaches.items()}
-    by_pattern = {_sibling_pattern(u[len(prefix) + 1:]): u for u in known}
+    by_pattern = {}  # (sibling pattern, rest) -> a probed module
+    for u in known:
+        pattern, _, rest = sibling_pattern(rel(u))
+        if pattern:
+            by_pattern[(pattern, rest)] = u
     out = {}
     for n in names:
-        if n in known:
-            out[n] = known[n]
-            continue
-        twin = by_pattern.get(_sibling_pattern(n[len(prefix) + 1:]))
+        pattern, instance, rest = sibling_pattern(rel(n))
+        twin = by_pattern.get((pattern, rest)) if n not in known and pattern else None
         if twin is None:
-            out[n] = set()
+            out[n] = known.get(n, set())
             continue
-        inst, rep = n.rsplit(".", 1)[0], twin.rsplit(".", 1)[0]  # experts.5 <- experts.2
+        inst, rep = f"{prefix}.{instance}", f"{prefix}.{sibling_pattern(rel(twin))[1]}"  # experts.5 <- experts.2
         out[n] = {inst + d[len(rep):] if d.startswith(f"{rep}.") else d for d in known[twin]} & set(names)
     return out
 

@@ -48,7 +48,7 @@ from .recipe import Recipe
 from .records import LayerRecord, versions
 from .memory import long_lived_frozen, release_memory
 from .sinks import as_compute
-from .surgery import pruned_block
+from .surgery import groups_by_name, pruned_block
 
 log = logging.getLogger("prunekit.runner")
 
@@ -211,7 +211,7 @@ def _statistics(recipe: Recipe, dense: nn.Module, work: Optional[nn.Module], inp
 def derives_groups(adapter, recipe: Recipe) -> bool:
     """True when the recipe's targets are coupled groups (structure 'channels'): every adapter derives them from
     the dense block's computation (``prunekit.models.derived_groups``), on the block's calibration inputs."""
-    return recipe.structure.kind == "channels" and hasattr(adapter, "derive_groups_")
+    return recipe.structure.kind == "channels"
 
 
 def trace_and_derive_(model: nn.Module, adapter, index: int, dense: nn.Module, inputs, recipe: Recipe,
@@ -357,15 +357,16 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
             block = ctx.checked(store.load, index)
             if store.adapter.name == "generic":  # fused MoE experts -> one linear pair per expert (fused back below)
                 unfuse_experts_(block)
-            # dense mode: the statistics pass runs the whole dense block and its outputs are the next inputs (one
-            # forward per block, as FLAP's reference does)
-            dense_outputs = [] if recipe.mode == "dense" and calibrated and not last else None
+            # the statistics pass runs the whole dense block; its outputs are the next inputs in dense mode (one
+            # forward per block, as FLAP's reference does) and the block refit's targets (no second dense forward)
+            next_dense = recipe.mode == "dense" and not last
+            dense_outputs = [] if calibrated and (next_dense or refit is not None) else None
             block_plan, dense = prune_block(store, index, block, inputs, recipe, device=device, dtype=dtype,
                                             ratios=ratios, ctx=ctx, outputs=dense_outputs)
             if refit is not None:
                 block_plan = ctx.checked(_refit, store, index, dense, block_plan, inputs, dense_outputs, refit,
                                          device, dtype, storage)
-            if dense_outputs:
+            if next_dense and dense_outputs:
                 stream = inputs.with_hidden(dense_outputs)
             else:
                 stream = dense if dense_inputs else None  # None: propagate through the pruned block
@@ -412,12 +413,13 @@ def _refit_settings(recipe: Recipe, ctx):
 def _refit(store, index: int, dense: nn.Module, block_plan: PruningPlan, inputs, outputs, settings, device, dtype,
            storage) -> PruningPlan:
     """Block reconstruction of block ``index`` (``prunekit.models.block_refit``): the targets are the dense block's
-    outputs on the block's inputs (the statistics pass's outputs in ``dense`` mode, else one forward)."""
+    outputs on the block's inputs (``outputs``, from the statistics pass; one forward when the pass kept none: the
+    sequential modes, whose stages are collected one by one)."""
     from .block_refit import refit_block
 
     targets = outputs if outputs else forward_block(dense, inputs, device=device, storage=storage).hidden
     adapter = store.adapter
-    groups = {g.name: g for g in adapter.coupled_groups(store.model, index)} if block_plan.group_edits else {}
+    groups = groups_by_name(store.model, adapter, index) if block_plan.group_edits else {}
     plan, record = refit_block(dense, adapter.block_prefix(store.model, index), index, block_plan, inputs, targets,
                                settings, groups, device=device, dtype=dtype)
     plan.refits.append(record)

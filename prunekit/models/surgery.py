@@ -160,7 +160,8 @@ def write_module_edit_(model: nn.Module, adapter: FamilyAdapter, name: str, weig
             module.bias.copy_(bias.reshape(module.bias.shape))
 
 
-def _groups_by_name(model: nn.Module, adapter: FamilyAdapter, block: Optional[int] = None) -> dict[str, CoupledGroup]:
+def groups_by_name(model: nn.Module, adapter: FamilyAdapter, block: Optional[int] = None) -> dict[str, CoupledGroup]:
+    """The coupled groups of block ``block`` (every block when None) by name."""
     indices = range(len(adapter.blocks(model))) if block is None else (block,)
     return {g.name: g for i in indices for g in adapter.coupled_groups(model, i)}
 
@@ -211,7 +212,7 @@ def _slice_(model, adapter, group: CoupledGroup, kept, present: dict[str, list[i
 
 def _resolve_groups(model, adapter, plan: PruningPlan,
                     block: Optional[int] = None) -> list[tuple[GroupEdit, CoupledGroup, list[int]]]:
-    groups = _groups_by_name(model, adapter, block) if plan.group_edits else {}  # derived: only when needed
+    groups = groups_by_name(model, adapter, block) if plan.group_edits else {}  # derived: only when needed
     resolved, seen = [], {}
     for key, edit in plan.group_edits.items():
         name = edit.group or key

@@ -179,3 +179,19 @@ def test_cli_flags_set_the_refit(tmp_path):
         build_recipe(parser.parse_args(base + ["--block-refit", "off", "--block-refit-epochs", "3"]))
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--block-refit", "maybe"])
+
+
+def test_the_refit_targets_come_from_the_statistics_pass(monkeypatch):
+    """Propagated mode: the dense outputs the statistics pass computes anyway are the targets -- the refit adds no
+    forward of the dense block (``forward_block`` runs as often as without the refit: once per block, through the
+    pruned block, for the next inputs)."""
+    from prunekit.models import runner
+
+    calls = []
+    original = runner.forward_block
+    monkeypatch.setattr(runner, "forward_block", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model = tiny_model("llama", dtype=torch.float32)
+    prunekit.plan(model, recipe(), tokens(n=4, t=24), progress=False)
+    without = len(calls)
+    plan = prunekit.plan(model, recipe(block_refit=True), tokens(n=4, t=24), progress=False)
+    assert len(plan.refits) == 2 and len(calls) == 2 * without

@@ -257,7 +257,7 @@ def _record_window(block: nn.Module, names: Sequence[str], run) -> list[tuple[st
     return calls
 
 
-def _pattern(rel: str) -> tuple[str, str, str]:
+def sibling_pattern(rel: str) -> tuple[str, str, str]:
     """``("mlp.experts.*", "mlp.experts.5", "w1")`` for ``mlp.experts.5.w1``: the sibling pattern, the instance
     (path through the last numeric component) and the rest; ``("", "", rel)`` without a numeric component."""
     parts = rel.split(".")
@@ -298,13 +298,13 @@ def _ordered_stages(windows: list[list[tuple[str, tuple]]]) -> list[list[str]]:
 def _place_untraced(stages: list[list[str]], untraced: list[str]) -> list[list[str]]:
     """Insert stages for the untraced modules (by analogy with traced siblings, see the module docstring)."""
     traced = [n for s in stages for n in s]
-    patterns = {n: _pattern(n) for n in traced}
+    patterns = {n: sibling_pattern(n) for n in traced}
     after: dict[int, list[list[str]]] = {}  # stage index -> stages to insert after it (-1: at the end)
     by_instance: dict[str, list[str]] = {}
     for name in untraced:
-        by_instance.setdefault(_pattern(name)[1] or name, []).append(name)
+        by_instance.setdefault(sibling_pattern(name)[1] or name, []).append(name)
     for instance, members in by_instance.items():
-        pattern = _pattern(members[0])[0]
+        pattern = sibling_pattern(members[0])[0]
         siblings = [n for n in traced if pattern and patterns[n][0] == pattern]
         new: list[list[str]] = []
         if siblings:
@@ -336,7 +336,7 @@ def _instance_order(stages: list[list[str]]) -> list[list[str]]:
     which experts the traced windows reached, so every process of a distributed run gets the same stages."""
     owners = []
     for stage in stages:
-        keys = {_pattern(n)[:2] for n in stage}
+        keys = {sibling_pattern(n)[:2] for n in stage}
         owners.append(next(iter(keys)) if len(keys) == 1 and next(iter(keys))[0] else None)
     out = list(stages)
     for pattern in dict.fromkeys(o[0] for o in owners if o):
@@ -613,5 +613,5 @@ def unrouted_solution(weight: torch.Tensor, spec, policy: str, base: dict[str, A
 from .experts import ExpertMLP, LinearExperts, fuse_experts_, unfuse_experts_  # noqa: E402  (re-exported)
 
 __all__ = ["BlockTrace", "ExpertMLP", "GenericAdapter", "LinearExperts", "UNROUTED_POLICIES", "block_calls",
-           "find_blocks", "find_routers", "fuse_experts_", "generic_adapter", "is_causal_lm", "linear_kind",
+           "find_blocks", "find_routers", "fuse_experts_", "generic_adapter", "is_causal_lm", "linear_kind", "sibling_pattern",
            "linear_modules", "trace_stages", "unfuse_experts_", "unrouted_solution"]
