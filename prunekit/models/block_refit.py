@@ -40,8 +40,9 @@ from torch import nn
 
 from ..errors import FormulationError
 from .calibration import BlockInputs, _call
-from .linear_layers import weight_of, write_weight_
+from .linear_layers import weight_of
 from .plan import ModuleEdit, PruningPlan
+from .surgery import write_module_edit_
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def trained_modules(plan: PruningPlan, groups: Mapping[str, Any]) -> list[str]:
 
 def refit_block(dense: nn.Module, prefix: str, index: int, plan: PruningPlan, inputs: BlockInputs,
                 targets: list[torch.Tensor], settings: BlockRefit, groups: Mapping[str, Any], *,
-                device, dtype) -> tuple[PruningPlan, RefitRecord]:
+                adapter, device, dtype) -> tuple[PruningPlan, RefitRecord]:
     """Problem (1) for one block: returns the block plan with refitted module edits (or the plan unchanged when
     the error did not decrease) and the record.
 
@@ -149,6 +150,7 @@ def refit_block(dense: nn.Module, prefix: str, index: int, plan: PruningPlan, in
     plan : the block's plan from the layer solves (module edits: full-shape weights, zeros where pruned).
     inputs : the block's calibration inputs; targets : ``f(W; X_i)`` per window, (1, L, d) each.
     groups : the block's coupled groups by name (for the upstream modules of a channel plan).
+    adapter : the model's adapter (reads and writes weights in (out, in) layout).
     """
     start = time.perf_counter()
     rel = (lambda name: name[len(prefix) + 1:])
@@ -159,13 +161,8 @@ def refit_block(dense: nn.Module, prefix: str, index: int, plan: PruningPlan, in
     twin = copy.deepcopy(dense).to(dtype=train_dtype)
     for p in twin.parameters():
         p.requires_grad_(False)
-    for key, edit in plan.module_edits.items():
-        module = twin.get_submodule(rel(edit.module or key))
-        if edit.weight is not None:
-            write_weight_(module, edit.weight)
-        if edit.bias is not None and module.bias is not None:
-            with torch.no_grad():
-                module.bias.copy_(edit.bias.reshape(module.bias.shape).to(module.bias))
+    for key, edit in plan.module_edits.items():  # as surgery writes them: a bias the solver added is created
+        write_module_edit_(twin, adapter, rel(edit.module or key), edit.weight, edit.bias)
     before = _relative_error(twin, inputs, targets, device, train_dtype)
     params, masks = [], []
     for name in names:

@@ -421,7 +421,7 @@ def _refit(store, index: int, dense: nn.Module, block_plan: PruningPlan, inputs,
     adapter = store.adapter
     groups = groups_by_name(store.model, adapter, index) if block_plan.group_edits else {}
     plan, record = refit_block(dense, adapter.block_prefix(store.model, index), index, block_plan, inputs, targets,
-                               settings, groups, device=device, dtype=dtype)
+                               settings, groups, adapter=adapter, device=device, dtype=dtype)
     plan.refits.append(record)
     if record.kept:
         log.info("block %d: block refit error %.4g -> %.4g (%d steps, %.1fs)", index, record.error_before,

@@ -42,8 +42,8 @@ def block_zero(model, calib, plan_recipe, settings: BlockRefit):
     inputs = capture_block_inputs(model, adapter, calib)
     targets = forward_block(dense, inputs, device="cpu").hidden
     groups = {g.name: g for g in adapter.coupled_groups(model, 0)}
-    refitted, record = refit_block(dense, prefix, 0, block_plan, inputs, targets, settings, groups, device="cpu",
-                                   dtype=torch.float32)
+    refitted, record = refit_block(dense, prefix, 0, block_plan, inputs, targets, settings, groups,
+                                   adapter=adapter, device="cpu", dtype=torch.float32)
     return block_plan, refitted, record
 
 
@@ -195,3 +195,24 @@ def test_the_refit_targets_come_from_the_statistics_pass(monkeypatch):
     without = len(calls)
     plan = prunekit.plan(model, recipe(block_refit=True), tokens(n=4, t=24), progress=False)
     assert len(plan.refits) == 2 and len(calls) == 2 * without
+
+
+@pytest.mark.parametrize("method", ["flap", "sparsegpt"])
+def test_the_reported_error_is_the_error_of_the_block_the_plan_builds(method):
+    """The certificate holds on the block the plan builds: FLAP adds a compensation bias where down_proj had none;
+    the refit must see it, else its reported error belongs to another block."""
+    from prunekit.models.adapters import adapter_for
+    from prunekit.models.calibration import capture_block_inputs, forward_block
+    from prunekit.models.surgery import pruned_block
+
+    model = tiny_model("llama", dtype=torch.float32)
+    calib = tokens(n=6, t=24)
+    r = recipe(method=method, structure="channels" if method == "flap" else "unstructured", sparsity=0.25)
+    _, after, record = block_zero(model, calib, r, BlockRefit(epochs=2, lr=1e-4))
+    adapter = adapter_for(model)
+    inputs = capture_block_inputs(model, adapter, calib)
+    targets = forward_block(adapter.blocks(model)[0], inputs, device="cpu").hidden
+    built = forward_block(pruned_block(copy.deepcopy(model), adapter, 0, after), inputs, device="cpu").hidden
+    error = sum(float((b - t).double().square().sum()) for b, t in zip(built, targets)) / sum(
+        float(t.double().square().sum()) for t in targets)
+    assert record.kept and error == pytest.approx(record.error_after, rel=1e-4)
