@@ -36,7 +36,8 @@ def run_id(a) -> str:
         f"-T{a.temperature:g}" if a.allocation == "softmax" else "")
     rt = f"-r{a.round_to}" if a.round_to != "auto" else ""
     refit = "" if a.block_refit == "off" else (
-        "-refit" + "".join(f"-{k}{v:g}" for k, v in sorted(a.block_refit_fields.items())))
+        "-refit" + "".join(f"-{k}{v:g}" if isinstance(v, float) else f"-{k}{v}"
+                           for k, v in sorted(a.block_refit_fields.items())))
     return f"{a.method}{extra}-{a.structure}{a.sparsity:g}-{a.allocation}{opts}{rt}{refit}"
 
 
@@ -181,7 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--round-to", default="auto")
     p.add_argument("--option", action="append", default=[], help="formulation option KEY=JSON (e.g. refit=true)")
     p.add_argument("--block-refit", default="off",
-                   help="off (default: the uniform rows above), on, or a JSON mapping of epochs / lr / seed")
+                   help="off (default: the uniform rows above), on (BlockRefit's defaults), or a JSON mapping of "
+                        "BlockRefit fields (epochs / lr / seed / schedule / retries / scope)")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=64)

@@ -11,38 +11,52 @@ where ``f(W; X_i)`` is the dense block on calibration window ``i`` (``X_i`` (1, 
 run's calibration mode -- the pruned model's in ``propagated`` / ``sequential`` mode, the dense model's in the
 ``dense`` modes), ``supp_m`` is the support the solver kept for module ``m`` (its nonzero pattern: unstructured
 and N:M masks stay exactly as solved) and, for channel plans, the upstream rows of the removed units stay out of
-the sum (their downstream columns are zero, so their gradient is zero and they never change).  Adam with step size
-``lr`` over ``epochs`` passes of the windows in a seeded random order, one window per step, starting from the
-solvers' weights; only the weights of modules the plan prunes are trained (a module the recipe leaves alone stays
-as it was), biases and norms are left as solved.
+the sum (their downstream columns are zero, so their gradient is zero and they never change).  Adam over ``epochs``
+passes of the windows in a seeded random order, one window per step, starting from the solvers' weights, with the
+step size ``lr`` held (``schedule="constant"``) or decayed along a half cosine to zero over the steps
+(``schedule="cosine"``, the default: ``lr_t = lr (1 + cos(pi t / T)) / 2``, so the last steps refine instead of
+jittering at the full step).  ``scope="pruned"`` (default) trains the weights of the modules the plan prunes (and
+the upstream modules of its groups); ``scope="block"`` trains every linear module of the block, so a module the
+recipe leaves alone (attention in an MLP channel plan) may compensate the pruned ones; biases and norms stay as
+solved either way.
 
 **Certificate.**  The relative error ``e = sum_i ||f(W_hat; X_i) - f(W; X_i)||^2 / sum_i ||f(W; X_i)||^2`` is
 measured on the same windows before and after; the refitted weights are kept only when ``e`` decreased and
-stayed finite, else the solvers' weights stand and the record says why (:class:`RefitRecord`).  It is an error
-on the calibration windows, not a held-out guarantee.
+stayed finite.  When it did not, the fit is tried again from the solvers' weights with a quarter of the step size,
+up to ``retries`` times (a step too large for a block whose layer solves are already good overshoots: measured
+below); when no attempt lowers ``e`` the solvers' weights stand and the record says why (:class:`RefitRecord`).
+It is an error on the calibration windows, not a held-out guarantee.
 
 Source: [derived] -- prunekit's option, not a rule of a paper in methods.md.  The idea of fitting a sparse block to
 the dense block's outputs with the masks fixed is EBFT's (Guo et al., "EBFT: Effective and Block-Wise Fine-Tuning
 for Sparse LLMs", 2024), whose settings (data, targets, schedule) differ; the defaults here (2 epochs, ``lr`` 1e-3,
-the block's own dense outputs as targets) were measured on smollm2-135m (benchmarks/RESULTS.md, "block refit").
+cosine decay, one retry at ``lr / 4``, the block's own dense outputs as targets) were measured on smollm2-135m
+(benchmarks/RESULTS.md, "block refit").
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
 
-from ..errors import FormulationError
-from .calibration import BlockInputs, _call
-from .linear_layers import weight_of
+from ..errors import FormulationError, ModelError
+from .calibration import BlockInputs, _call, forward_block
+from .linear_layers import linear_kind, weight_of
 from .plan import ModuleEdit, PruningPlan
-from .surgery import write_module_edit_
+from .surgery import groups_by_name, write_module_edit_
+
+log = logging.getLogger("prunekit")
+
+SCHEDULES = ("constant", "cosine")
+SCOPES = ("pruned", "block")
+BACKOFF = 4.0  # a retry divides the step size by this
 
 
 @dataclass(frozen=True)
@@ -50,13 +64,21 @@ class BlockRefit:
     """Settings of the block reconstruction (module docstring, problem (1)).
 
     epochs : passes over the calibration windows (one Adam step per window).
-    lr : Adam's step size.
+    lr : Adam's (initial) step size.
     seed : seed of the window order (block ``b`` uses ``seed + b``).
+    schedule : ``"cosine"`` (decay to zero over the steps) or ``"constant"``.
+    retries : further attempts, each from the solvers' weights at a quarter of the previous step size, when an
+        attempt does not lower the block error (0: one attempt).
+    scope : ``"pruned"`` (the modules the plan prunes and their groups' upstream modules) or ``"block"`` (every
+        linear module of the block).
     """
 
     epochs: int = 2
     lr: float = 1e-3
     seed: int = 0
+    schedule: str = "cosine"
+    retries: int = 1
+    scope: str = "pruned"
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
@@ -67,6 +89,13 @@ class BlockRefit:
                                    f"lr: 1.0e-3.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise FormulationError(f"block_refit.seed must be an int, got {self.seed!r}.")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or not 0 <= self.retries <= 8:
+            raise FormulationError(f"block_refit.retries must be an int in [0, 8], got {self.retries!r}. Fix: e.g. "
+                                   f"retries: 1.")
+        for name, allowed, default in (("schedule", SCHEDULES, "cosine"), ("scope", SCOPES, "pruned")):
+            if getattr(self, name) not in allowed:
+                raise FormulationError(f"block_refit.{name} must be one of {list(allowed)}, got "
+                                       f"{getattr(self, name)!r}. Fix: e.g. {name}: {default}.")
         object.__setattr__(self, "lr", float(self.lr))
 
     @classmethod
@@ -79,15 +108,18 @@ class BlockRefit:
         if isinstance(value, cls):
             return value
         if isinstance(value, Mapping):
-            unknown = sorted(set(value) - {"epochs", "lr", "seed"})
+            unknown = sorted(set(value) - set(FIELDS))
             if unknown:
-                raise FormulationError(f"block_refit has no field(s) {unknown}. Fix: use epochs, lr, seed.")
+                raise FormulationError(f"block_refit has no field(s) {unknown}. Fix: use {', '.join(FIELDS)}.")
             return cls(**dict(value))
-        raise FormulationError(f"block_refit must be 'auto', true/false or a mapping of epochs / lr / seed, got "
+        raise FormulationError(f"block_refit must be 'auto', true/false or a mapping of {' / '.join(FIELDS)}, got "
                                f"{value!r}. Fix: e.g. block_refit: {{epochs: 2, lr: 1.0e-3}}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+FIELDS = tuple(f.name for f in fields(BlockRefit))
 
 
 @dataclass(frozen=True)
@@ -96,7 +128,8 @@ class RefitRecord:
 
     error_before / error_after : the relative block error ``e`` of the solvers' and the refitted weights.
     kept : whether the refitted weights replaced the solvers' (``e`` decreased and stayed finite).
-    modules : the modules trained; steps : Adam steps; time_s : seconds.
+    modules : the modules trained; steps : Adam steps of all attempts; time_s : seconds.
+    lr : the step size of the attempt reported (the kept one, else the last); attempts : how many ran.
     """
 
     block: int
@@ -107,6 +140,8 @@ class RefitRecord:
     steps: int
     time_s: float
     note: str = ""
+    lr: float = float("nan")
+    attempts: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -129,53 +164,38 @@ def _relative_error(block: nn.Module, inputs: BlockInputs, targets: list[torch.T
     return num / den if den > 0 else float("inf")
 
 
-def trained_modules(plan: PruningPlan, groups: Mapping[str, Any]) -> list[str]:
+def trained_modules(plan: PruningPlan, groups: Mapping[str, Any], block: Optional[nn.Module] = None,
+                    prefix: str = "") -> list[str]:
     """The modules of a block plan whose weights problem (1) fits: every module with an edit, and the upstream
-    modules of every group edit (``groups``: group name -> CoupledGroup)."""
+    modules of every group edit (``groups``: group name -> CoupledGroup); with ``block`` (scope ``"block"``), every
+    other linear module of the block too (qualified with ``prefix``)."""
     names = [e.module or k for k, e in plan.module_edits.items() if e.weight is not None]
     for key, edit in plan.group_edits.items():
         group = groups.get(edit.group or key)
         if group is not None:
             names += [u for u in group.upstream if u not in names]
+    if block is not None:
+        names += [f"{prefix}.{n}" for n, m in block.named_modules() if n and linear_kind(m) is not None
+                  and f"{prefix}.{n}" not in names]
     return names
 
 
-def refit_block(dense: nn.Module, prefix: str, index: int, plan: PruningPlan, inputs: BlockInputs,
-                targets: list[torch.Tensor], settings: BlockRefit, groups: Mapping[str, Any], *,
-                adapter, device, dtype) -> tuple[PruningPlan, RefitRecord]:
-    """Problem (1) for one block: returns the block plan with refitted module edits (or the plan unchanged when
-    the error did not decrease) and the record.
-
-    dense : the dense block (compute copy on ``device``, not changed); prefix : its qualified name.
-    plan : the block's plan from the layer solves (module edits: full-shape weights, zeros where pruned).
-    inputs : the block's calibration inputs; targets : ``f(W; X_i)`` per window, (1, L, d) each.
-    groups : the block's coupled groups by name (for the upstream modules of a channel plan).
-    adapter : the model's adapter (reads and writes weights in (out, in) layout).
-    """
-    start = time.perf_counter()
-    rel = (lambda name: name[len(prefix) + 1:])
-    names = trained_modules(plan, groups)
-    if not names or not targets:
-        return plan, RefitRecord(index, float("nan"), float("nan"), False, (), 0, 0.0, "nothing to refit")
-    train_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    twin = copy.deepcopy(dense).to(dtype=train_dtype)
-    for p in twin.parameters():
-        p.requires_grad_(False)
-    for key, edit in plan.module_edits.items():  # as surgery writes them: a bias the solver added is created
-        write_module_edit_(twin, adapter, rel(edit.module or key), edit.weight, edit.bias)
-    before = _relative_error(twin, inputs, targets, device, train_dtype)
-    params, masks = [], []
-    for name in names:
-        weight = twin.get_submodule(rel(name)).weight
-        weight.requires_grad_(True)
-        params.append(weight)
-        masks.append((weight != 0).to(weight.dtype))
-    optimizer = torch.optim.Adam(params, lr=settings.lr)
+def _fit(twin: nn.Module, params: list[torch.Tensor], inputs: BlockInputs, targets: list[torch.Tensor],
+         settings: BlockRefit, lr: float, index: int, device, dtype) -> int:
+    """Adam on problem (1) in place on ``twin``'s ``params`` (their zeros stay zero); returns the number of steps."""
+    masks = [(p != 0).to(p.dtype) for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
     order = torch.Generator().manual_seed(settings.seed + index)
+    total = settings.epochs * len(targets)
     steps = 0
     for _ in range(settings.epochs):
         for i in torch.randperm(len(targets), generator=order).tolist():
-            out = _call(twin, inputs, [i], device, train_dtype)
+            if settings.schedule == "cosine":
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * steps / total))
+            out = _call(twin, inputs, [i], device, dtype)
             y = targets[i].to(device=device, dtype=out.dtype)
             real = inputs.real_tokens(i)
             diff = out - y if real is None else (out - y)[:, real.to(out.device)]
@@ -189,11 +209,48 @@ def refit_block(dense: nn.Module, prefix: str, index: int, plan: PruningPlan, in
                     p.mul_(m)
     for p in params:
         p.requires_grad_(False)
-    after = _relative_error(twin, inputs, targets, device, train_dtype)
+    return steps
+
+
+def refit_block(dense: nn.Module, prefix: str, index: int, plan: PruningPlan, inputs: BlockInputs,
+                targets: list[torch.Tensor], settings: BlockRefit, groups: Mapping[str, Any], *,
+                adapter, device, dtype) -> tuple[PruningPlan, RefitRecord]:
+    """Problem (1) for one block: returns the block plan with refitted module edits (or the plan unchanged when
+    no attempt decreased the error) and the record.
+
+    dense : the dense block (compute copy on ``device``, not changed); prefix : its qualified name.
+    plan : the block's plan from the layer solves (module edits: full-shape weights, zeros where pruned).
+    inputs : the block's calibration inputs; targets : ``f(W; X_i)`` per window, (1, L, d) each.
+    groups : the block's coupled groups by name (for the upstream modules of a channel plan).
+    adapter : the model's adapter (reads and writes weights in (out, in) layout).
+    """
+    start = time.perf_counter()
+    rel = (lambda name: name[len(prefix) + 1:])
+    names = trained_modules(plan, groups, dense if settings.scope == "block" else None, prefix)
+    if not names or not targets:
+        return plan, RefitRecord(index, float("nan"), float("nan"), False, (), 0, 0.0, "nothing to refit")
+    train_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    solved = copy.deepcopy(dense).to(dtype=train_dtype)  # the block the plan builds: the solvers' weights
+    for p in solved.parameters():
+        p.requires_grad_(False)
+    for key, edit in plan.module_edits.items():  # as surgery writes them: a bias the solver added is created
+        write_module_edit_(solved, adapter, rel(edit.module or key), edit.weight, edit.bias)
+    before = _relative_error(solved, inputs, targets, device, train_dtype)
+    steps, lr, twin, after = 0, settings.lr, None, float("nan")
+    for attempt in range(1 + settings.retries):
+        lr = settings.lr / BACKOFF ** attempt
+        twin = copy.deepcopy(solved)
+        steps += _fit(twin, [twin.get_submodule(rel(n)).weight for n in names], inputs, targets, settings, lr,
+                      index, device, train_dtype)
+        after = _relative_error(twin, inputs, targets, device, train_dtype)
+        if math.isfinite(after) and after < before:
+            break
     kept = math.isfinite(after) and after < before
-    note = "" if kept else (f"refit not kept: block error {after:.4g} >= {before:.4g} (the solvers' weights stand)"
-                            if math.isfinite(after) else "refit not kept: non-finite block error")
-    record = RefitRecord(index, before, after, kept, tuple(names), steps, time.perf_counter() - start, note)
+    tried = f" in {attempt + 1} attempts (last lr {lr:.3g})" if attempt else ""
+    note = "" if kept else (f"refit not kept: block error {after:.4g} >= {before:.4g}{tried} (the solvers' weights "
+                            f"stand)" if math.isfinite(after) else f"refit not kept: non-finite block error{tried}")
+    record = RefitRecord(index, before, after, kept, tuple(names), steps, time.perf_counter() - start, note, lr,
+                         attempt + 1)
     if not kept:
         return plan, record
     edits = dict(plan.module_edits)
@@ -210,6 +267,39 @@ def refit_block(dense: nn.Module, prefix: str, index: int, plan: PruningPlan, in
     return replace(plan, module_edits=edits), record
 
 
+def run_settings(recipe, ctx) -> Optional[BlockRefit]:
+    """The run's :class:`BlockRefit` (None: off; ``"auto"`` resolved for the method; a method without calibration
+    has nothing to fit).  Raises ModelError for a refit in a distributed run (its Adam steps would need every
+    rank's windows)."""
+    settings = resolve_block_refit(recipe).block_refit
+    if not isinstance(settings, BlockRefit) or recipe.method.statistics_basis == "none":
+        return None
+    if ctx.active:
+        raise ModelError(f"block_refit fits each block on every calibration window, and this run spreads the windows "
+                         f"over {ctx.world_size} processes. Fix: run block_refit in one process, or set "
+                         f"block_refit: false for the distributed run.")
+    return settings
+
+
+def refit_run_block(store, index: int, dense: nn.Module, block_plan: PruningPlan, inputs: BlockInputs, outputs,
+                    settings: BlockRefit, device, dtype, storage) -> PruningPlan:
+    """The runner's step for block ``index``: problem (1) with the dense block's outputs on the block's inputs as
+    targets (``outputs``, from the statistics pass; one forward when the pass kept none: the sequential modes,
+    whose stages are collected one by one).  Returns the block plan with the record appended to its ``refits``."""
+    targets = outputs if outputs else forward_block(dense, inputs, device=device, storage=storage).hidden
+    adapter = store.adapter
+    groups = groups_by_name(store.model, adapter, index) if block_plan.group_edits else {}
+    plan, record = refit_block(dense, adapter.block_prefix(store.model, index), index, block_plan, inputs, targets,
+                               settings, groups, adapter=adapter, device=device, dtype=dtype)
+    plan.refits.append(record)
+    if record.kept:
+        log.info("block %d: block refit error %.4g -> %.4g (%d steps, lr %.3g, %.1fs)", index, record.error_before,
+                 record.error_after, record.steps, record.lr, record.time_s)
+    else:
+        log.info("block %d: %s", index, record.note)
+    return plan
+
+
 def resolve_block_refit(recipe):
     """``recipe`` with ``block_refit="auto"`` replaced by the method's default (``Method.block_refit_default``:
     :class:`BlockRefit` () when True, else None); any other recipe is returned unchanged."""
@@ -218,4 +308,5 @@ def resolve_block_refit(recipe):
     return replace(recipe, block_refit=BlockRefit() if recipe.method.block_refit_default else None)
 
 
-__all__ = ["BlockRefit", "RefitRecord", "refit_block", "resolve_block_refit", "trained_modules"]
+__all__ = ["BlockRefit", "RefitRecord", "refit_block", "refit_run_block", "resolve_block_refit", "run_settings",
+           "trained_modules"]

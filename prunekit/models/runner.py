@@ -38,6 +38,7 @@ from torch import nn
 
 from ..distributed import SINGLE, current
 from ..errors import ModelError
+from .block_refit import refit_run_block, run_settings
 from .calibration import BlockInputs, CalibrationSet, NoStatistics, capture_block_inputs, collect_grams, forward_block
 from .families.experts import experts_unfused, fuse_experts_, unfuse_experts_
 from .families.generic import unrouted_solution
@@ -48,7 +49,7 @@ from .recipe import Recipe
 from .records import LayerRecord, versions
 from .memory import long_lived_frozen, release_memory
 from .sinks import as_compute
-from .surgery import groups_by_name, pruned_block
+from .surgery import pruned_block
 
 log = logging.getLogger("prunekit.runner")
 
@@ -326,7 +327,7 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
         ratios = check_ratios(ratios, store, recipe)
     dtype, device = DTYPES[recipe.dtype], torch.device(device)
     dense_inputs = recipe.mode.startswith("dense")
-    refit = _refit_settings(recipe, ctx)
+    refit = run_settings(recipe, ctx)
     start = time.perf_counter()
 
     def first_inputs():
@@ -364,7 +365,7 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
             block_plan, dense = prune_block(store, index, block, inputs, recipe, device=device, dtype=dtype,
                                             ratios=ratios, ctx=ctx, outputs=dense_outputs)
             if refit is not None:
-                block_plan = ctx.checked(_refit, store, index, dense, block_plan, inputs, dense_outputs, refit,
+                block_plan = ctx.checked(refit_run_block, store, index, dense, block_plan, inputs, dense_outputs, refit,
                                          device, dtype, storage)
             if next_dense and dense_outputs:
                 stream = inputs.with_hidden(dense_outputs)
@@ -391,43 +392,6 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
     }
     if ctx.active:
         plan.provenance["processes"] = ctx.world_size
-    return plan
-
-
-def _refit_settings(recipe: Recipe, ctx):
-    """The run's :class:`~prunekit.models.block_refit.BlockRefit` (None: off; ``"auto"`` resolved for the method).
-
-    Raises ModelError for a refit in a distributed run (its Adam steps would need every rank's windows)."""
-    from .block_refit import BlockRefit, resolve_block_refit
-
-    settings = resolve_block_refit(recipe).block_refit
-    if not isinstance(settings, BlockRefit) or recipe.method.statistics_basis == "none":
-        return None
-    if ctx.active:
-        raise ModelError(f"block_refit fits each block on every calibration window, and this run spreads the windows "
-                         f"over {ctx.world_size} processes. Fix: run block_refit in one process, or set "
-                         f"block_refit: false for the distributed run.")
-    return settings
-
-
-def _refit(store, index: int, dense: nn.Module, block_plan: PruningPlan, inputs, outputs, settings, device, dtype,
-           storage) -> PruningPlan:
-    """Block reconstruction of block ``index`` (``prunekit.models.block_refit``): the targets are the dense block's
-    outputs on the block's inputs (``outputs``, from the statistics pass; one forward when the pass kept none: the
-    sequential modes, whose stages are collected one by one)."""
-    from .block_refit import refit_block
-
-    targets = outputs if outputs else forward_block(dense, inputs, device=device, storage=storage).hidden
-    adapter = store.adapter
-    groups = groups_by_name(store.model, adapter, index) if block_plan.group_edits else {}
-    plan, record = refit_block(dense, adapter.block_prefix(store.model, index), index, block_plan, inputs, targets,
-                               settings, groups, adapter=adapter, device=device, dtype=dtype)
-    plan.refits.append(record)
-    if record.kept:
-        log.info("block %d: block refit error %.4g -> %.4g (%d steps, %.1fs)", index, record.error_before,
-                 record.error_after, record.steps, record.time_s)
-    else:
-        log.info("block %d: %s", index, record.note)
     return plan
 
 

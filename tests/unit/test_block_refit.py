@@ -67,10 +67,69 @@ def test_the_refit_keeps_every_solved_mask_and_lowers_the_block_error(structure)
 
 def test_a_refit_that_does_not_lower_the_error_leaves_the_solvers_weights_and_says_why():
     model = tiny_model("llama", dtype=torch.float32)
-    before, after, record = block_zero(model, tokens(n=4, t=24), recipe(), BlockRefit(epochs=2, lr=0.5))
+    before, after, record = block_zero(model, tokens(n=4, t=24), recipe(), BlockRefit(epochs=2, lr=0.5, retries=0))
     assert not record.kept and "not kept" in record.note and record.error_after >= record.error_before
+    assert record.attempts == 1 and record.lr == 0.5
     for key, edit in before.module_edits.items():
         assert after.module_edits[key].weight is edit.weight
+
+
+def test_a_step_too_large_is_retried_smaller_from_the_solvers_weights():
+    """lr 0.5 overshoots (the test above); with retries the fit restarts from the solvers' weights at lr / 4 each
+    time until the block error decreases, and the record says which step size was kept."""
+    model = tiny_model("llama", dtype=torch.float32)
+    calib = tokens(n=4, t=24)
+    _, _, failed = block_zero(model, calib, recipe(), BlockRefit(epochs=2, lr=0.5, retries=0))
+    _, after, record = block_zero(model, calib, recipe(), BlockRefit(epochs=2, lr=0.5, retries=6))
+    assert not failed.kept and record.kept and record.attempts > 1
+    assert record.lr == pytest.approx(0.5 / 4 ** (record.attempts - 1))
+    assert record.steps == 8 * record.attempts and record.error_before == pytest.approx(failed.error_before)
+    assert record.error_after < record.error_before
+
+
+def test_the_cosine_schedule_decays_the_step_and_differs_from_the_constant_one(monkeypatch):
+    from prunekit.models import block_refit
+
+    seen = []
+    original = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    model = tiny_model("llama", dtype=torch.float32)
+    calib = tokens(n=4, t=24)
+    _, cosine, _ = block_zero(model, calib, recipe(), BlockRefit(epochs=2, lr=1e-3))
+    assert seen[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(seen, seen[1:])) and seen[-1] < 1e-4
+    seen.clear()
+    _, constant, _ = block_zero(model, calib, recipe(), BlockRefit(epochs=2, lr=1e-3, schedule="constant"))
+    assert seen == [1e-3] * 8
+    assert any(not torch.equal(cosine.module_edits[k].weight, constant.module_edits[k].weight)
+               for k in cosine.module_edits)
+    assert block_refit.SCHEDULES == ("constant", "cosine")
+
+
+def test_scope_block_trains_the_modules_the_plan_leaves_alone_and_still_replays():
+    """An MLP channel plan with scope 'block': attention's projections are trained too (dense edits), the plan
+    still replays by surgery, and the block error it reports decreased.  (Adam moves every trained weight by about
+    the step size at first, so training modules that were exact needs a smaller step: 3e-5 here.)"""
+    model = tiny_model("llama", dtype=torch.float32)
+    calib = tokens(n=6, t=24)
+    r = recipe(method="fasp", structure="channels", sparsity=0.25)
+    _, _, small = block_zero(model, calib, r, BlockRefit(epochs=2, lr=3e-5))
+    _, wide, large = block_zero(model, calib, r, BlockRefit(epochs=2, lr=3e-5, scope="block"))
+    leaves = lambda rec: {m.rsplit(".", 1)[-1] for m in rec.modules}  # noqa: E731
+    assert leaves(small) == {"gate_proj", "up_proj", "down_proj"}
+    assert leaves(large) == leaves(small) | {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert large.kept and large.error_after < large.error_before
+    q = next(e for e in wide.module_edits.values() if e.module.endswith("q_proj"))
+    assert q.sparsity_kind == "dense" and "block refit" in q.note
+    from prunekit.models.adapters import adapter_for
+    from prunekit.models.surgery import pruned_block
+
+    built = pruned_block(copy.deepcopy(model), adapter_for(model), 0, wide)
+    assert torch.equal(built.self_attn.q_proj.weight, q.weight)
 
 
 def test_channel_plans_train_the_upstream_rows_and_replay_physically_smaller():
@@ -113,11 +172,12 @@ def test_the_refit_lowers_the_calibration_error_of_the_pruned_model():
 def test_settings_round_trip_and_bad_values_get_one_clear_error():
     assert recipe(block_refit=True).block_refit == BlockRefit()
     assert recipe(block_refit={"epochs": 3, "lr": 1e-3}).block_refit == BlockRefit(epochs=3, lr=1e-3)
-    for value in (True, False, None, {"epochs": 4}, "auto"):
+    for value in (True, False, None, {"epochs": 4}, "auto", {"scope": "block", "schedule": "constant", "retries": 0}):
         r = recipe(block_refit=value)
         assert Recipe.from_dict(r.to_dict()) == r and Recipe.from_json(r.to_json()) == r
     for bad, words in ((0.5, "'auto', true/false"), ("on", "'auto', true/false"), ({"epochs": 0}, "epochs"),
-                       ({"lr": 2.0}, "lr"), ({"steps": 3}, "no field")):
+                       ({"lr": 2.0}, "lr"), ({"steps": 3}, "no field"), ({"schedule": "linear"}, "schedule"),
+                       ({"scope": "model"}, "scope"), ({"retries": -1}, "retries"), ({"retries": True}, "retries")):
         with pytest.raises(FormulationError, match=f"{words}.*|.*Fix") as info:
             recipe(block_refit=bad)
         assert words.split("'")[0] in str(info.value)
@@ -137,7 +197,7 @@ def test_auto_is_the_methods_default_and_is_recorded():
 
 
 def test_a_distributed_run_refuses_the_refit_with_the_fix():
-    from prunekit.models.runner import _refit_settings
+    from prunekit.models.block_refit import run_settings as _refit_settings
 
     class TwoRanks:
         active, world_size = True, 2
@@ -185,11 +245,12 @@ def test_the_refit_targets_come_from_the_statistics_pass(monkeypatch):
     """Propagated mode: the dense outputs the statistics pass computes anyway are the targets -- the refit adds no
     forward of the dense block (``forward_block`` runs as often as without the refit: once per block, through the
     pruned block, for the next inputs)."""
-    from prunekit.models import runner
+    from prunekit.models import block_refit, runner
 
     calls = []
     original = runner.forward_block
-    monkeypatch.setattr(runner, "forward_block", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for module in (runner, block_refit):  # the runner's propagation and the refit's own fallback forward
+        monkeypatch.setattr(module, "forward_block", lambda *a, **k: calls.append(1) or original(*a, **k))
     model = tiny_model("llama", dtype=torch.float32)
     prunekit.plan(model, recipe(), tokens(n=4, t=24), progress=False)
     without = len(calls)
