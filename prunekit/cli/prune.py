@@ -67,12 +67,13 @@ def _block_refit(args: argparse.Namespace, current):
     """``--block-refit auto|on|off`` with ``--block-refit-epochs`` / ``--block-refit-lr`` on top (None: no flag)."""
     choice = getattr(args, "block_refit", None)
     tuned = {k: v for k, v in (("epochs", getattr(args, "block_refit_epochs", None)),
-                               ("lr", getattr(args, "block_refit_lr", None))) if v is not None}
+                               ("lr", getattr(args, "block_refit_lr", None)),
+                               ("scope", getattr(args, "block_refit_scope", None))) if v is not None}
     if choice is None and not tuned:
         return None
     if choice == "off":
         if tuned:
-            raise SystemExit("prunekit prune: --block-refit off contradicts --block-refit-epochs / --block-refit-lr. "
+            raise SystemExit("prunekit prune: --block-refit off contradicts --block-refit-epochs / -lr / -scope. "
                              "Fix: drop one of them.")
         return False
     if choice == "auto" and not tuned:
@@ -325,7 +326,10 @@ def register(subparsers) -> None:
     p.add_argument("--block-refit-epochs", dest="block_refit_epochs", type=positive_int, default=None,
                    help="block refit: passes over the calibration windows (default 2; implies --block-refit on)")
     p.add_argument("--block-refit-lr", dest="block_refit_lr", type=positive, default=None,
-                   help="block refit: Adam step size (default 1e-3; implies --block-refit on)")
+                   help="block refit: Adam's initial step size (default 1e-3, cosine decay; implies --block-refit on)")
+    p.add_argument("--block-refit-scope", dest="block_refit_scope", default=None, choices=("pruned", "block"),
+                   help="block refit: train the pruned modules (default) or every linear module of the block "
+                        "(implies --block-refit on)")
     p.add_argument("--dtype", default=None, choices=("float32", "float64", "bfloat16", "float16"),
                    help="compute dtype of the block copies (float32); the output keeps the checkpoint's dtype")
     p.add_argument("--out", required=True, help="output folder (appears only when the run is complete)")

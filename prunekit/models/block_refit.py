@@ -20,6 +20,17 @@ the upstream modules of its groups); ``scope="block"`` trains every linear modul
 recipe leaves alone (attention in an MLP channel plan) may compensate the pruned ones; biases and norms stay as
 solved either way.
 
+**Targets.**  ``targets="block"`` (default) is (1) as written: the dense block on the same inputs the pruned block
+sees, so each block is fitted to undo its own error only.  ``targets="dense_model"`` replaces ``f(W; X_i)`` by
+``f(W; X_i^dense)``, the dense *model's* own block output (``X^dense``: the dense model's inputs of this block,
+carried beside the run's stream, :class:`DenseStream`), so a block is also fitted to undo what the blocks before it
+got wrong::
+
+    min  sum_i || f(W_hat; X_i) - f(W; X_i^dense) ||_F^2                                     (2)
+
+The certificate then measures (2).  In the ``dense`` calibration modes ``X_i = X_i^dense`` and the two coincide.
+It costs one dense forward per block and a second copy of the calibration activations (on ``storage``).
+
 **Certificate.**  The relative error ``e = sum_i ||f(W_hat; X_i) - f(W; X_i)||^2 / sum_i ||f(W; X_i)||^2`` is
 measured on the same windows before and after; the refitted weights are kept only when ``e`` decreased and
 stayed finite.  When it did not, the fit is tried again from the solvers' weights with a quarter of the step size,
@@ -56,6 +67,7 @@ log = logging.getLogger("prunekit")
 
 SCHEDULES = ("constant", "cosine")
 SCOPES = ("pruned", "block")
+TARGETS = ("block", "dense_model")
 BACKOFF = 4.0  # a retry divides the step size by this
 
 
@@ -71,6 +83,8 @@ class BlockRefit:
         attempt does not lower the block error (0: one attempt).
     scope : ``"pruned"`` (the modules the plan prunes and their groups' upstream modules) or ``"block"`` (every
         linear module of the block).
+    targets : ``"block"`` (the dense block on the run's inputs, problem (1)) or ``"dense_model"`` (the dense
+        model's own block outputs, problem (2)).
     """
 
     epochs: int = 2
@@ -79,6 +93,7 @@ class BlockRefit:
     schedule: str = "cosine"
     retries: int = 1
     scope: str = "pruned"
+    targets: str = "block"
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
@@ -92,7 +107,8 @@ class BlockRefit:
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or not 0 <= self.retries <= 8:
             raise FormulationError(f"block_refit.retries must be an int in [0, 8], got {self.retries!r}. Fix: e.g. "
                                    f"retries: 1.")
-        for name, allowed, default in (("schedule", SCHEDULES, "cosine"), ("scope", SCOPES, "pruned")):
+        for name, allowed, default in (("schedule", SCHEDULES, "cosine"), ("scope", SCOPES, "pruned"),
+                                       ("targets", TARGETS, "block")):
             if getattr(self, name) not in allowed:
                 raise FormulationError(f"block_refit.{name} must be one of {list(allowed)}, got "
                                        f"{getattr(self, name)!r}. Fix: e.g. {name}: {default}.")
@@ -281,12 +297,44 @@ def run_settings(recipe, ctx) -> Optional[BlockRefit]:
     return settings
 
 
+class DenseStream:
+    """The dense model's own inputs of the current block, ``X^dense`` (problem (2)), carried beside the run's stream.
+
+    ``targets`` runs the dense block on them once: its outputs are the block's targets and the next block's dense
+    inputs.  ``skip`` passes a block a resumed run does not solve (its dense weights from the store)."""
+
+    def __init__(self, inputs: BlockInputs):
+        self.inputs = inputs
+
+    def targets(self, dense: nn.Module, *, device, storage) -> list[torch.Tensor]:
+        self.inputs = forward_block(dense, self.inputs, device=device, storage=storage)
+        return self.inputs.hidden
+
+    def skip(self, store, index: int, *, device, dtype, storage) -> None:
+        from .sinks import as_compute
+
+        self.inputs = forward_block(as_compute(store.load(index), device, dtype), self.inputs, device=device,
+                                    storage=storage)
+
+
+def dense_stream(settings: Optional[BlockRefit], recipe, inputs: Optional[BlockInputs]) -> Optional[DenseStream]:
+    """A :class:`DenseStream` from the first block's inputs when problem (2) needs one: ``targets="dense_model"``
+    in a mode whose inputs are the pruned model's (in the ``dense`` modes the run's own stream is the dense one)."""
+    if settings is None or settings.targets != "dense_model" or recipe.mode.startswith("dense") or inputs is None:
+        return None
+    return DenseStream(inputs)
+
+
 def refit_run_block(store, index: int, dense: nn.Module, block_plan: PruningPlan, inputs: BlockInputs, outputs,
-                    settings: BlockRefit, device, dtype, storage) -> PruningPlan:
+                    settings: BlockRefit, device, dtype, storage, stream: Optional[DenseStream] = None) -> PruningPlan:
     """The runner's step for block ``index``: problem (1) with the dense block's outputs on the block's inputs as
     targets (``outputs``, from the statistics pass; one forward when the pass kept none: the sequential modes,
-    whose stages are collected one by one).  Returns the block plan with the record appended to its ``refits``."""
-    targets = outputs if outputs else forward_block(dense, inputs, device=device, storage=storage).hidden
+    whose stages are collected one by one), or problem (2) with the dense model's outputs (``stream``).  Returns
+    the block plan with the record appended to its ``refits``."""
+    if stream is not None:
+        targets = stream.targets(dense, device=device, storage=storage)
+    else:
+        targets = outputs if outputs else forward_block(dense, inputs, device=device, storage=storage).hidden
     adapter = store.adapter
     groups = groups_by_name(store.model, adapter, index) if block_plan.group_edits else {}
     plan, record = refit_block(dense, adapter.block_prefix(store.model, index), index, block_plan, inputs, targets,
@@ -308,5 +356,5 @@ def resolve_block_refit(recipe):
     return replace(recipe, block_refit=BlockRefit() if recipe.method.block_refit_default else None)
 
 
-__all__ = ["BlockRefit", "RefitRecord", "refit_block", "refit_run_block", "resolve_block_refit", "run_settings",
+__all__ = ["BlockRefit", "DenseStream", "RefitRecord", "dense_stream", "refit_block", "refit_run_block", "resolve_block_refit", "run_settings",
            "trained_modules"]

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..distributed import SINGLE, current
 from ..errors import ModelError
-from .block_refit import refit_run_block, run_settings
+from .block_refit import dense_stream, refit_run_block, run_settings
 from .calibration import BlockInputs, CalibrationSet, NoStatistics, capture_block_inputs, collect_grams, forward_block
 from .families.experts import experts_unfused, fuse_experts_, unfuse_experts_
 from .families.generic import unrouted_solution
@@ -337,6 +337,7 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
 
     calibrated = recipe.method.statistics_basis != "none"  # magnitude: no calibration forward at all
     inputs = ctx.checked(first_inputs) if calibrated else ctx.checked(store.prepare)
+    targets_stream = dense_stream(refit, recipe, inputs)  # the dense model's own stream (block refit targets)
     iterator = range(len(store))
     bar = None
     if progress and ctx.is_main:
@@ -351,6 +352,8 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
                 committed = None
                 if calibrated:  # the groups its committed edits name (generic adapter: derived, as when it ran)
                     ctx.checked(_derive_committed_groups, store, index, inputs, recipe, device, dtype)
+                if targets_stream is not None and not last:  # dense weights first: sink.committed rebuilds in place
+                    ctx.checked(targets_stream.skip, store, index, device=device, dtype=dtype, storage=storage)
                 if not last and calibrated:
                     committed = ctx.checked(store.load, index) if dense_inputs else sink.committed(store, index)
                 inputs = ctx.checked(_propagate_and_release, store, index, committed, inputs, device, dtype, storage)
@@ -361,12 +364,12 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
             # the statistics pass runs the whole dense block; its outputs are the next inputs in dense mode (one
             # forward per block, as FLAP's reference does) and the block refit's targets (no second dense forward)
             next_dense = recipe.mode == "dense" and not last
-            dense_outputs = [] if calibrated and (next_dense or refit is not None) else None
+            dense_outputs = [] if calibrated and (next_dense or (refit is not None and targets_stream is None)) else None
             block_plan, dense = prune_block(store, index, block, inputs, recipe, device=device, dtype=dtype,
                                             ratios=ratios, ctx=ctx, outputs=dense_outputs)
             if refit is not None:
                 block_plan = ctx.checked(refit_run_block, store, index, dense, block_plan, inputs, dense_outputs, refit,
-                                         device, dtype, storage)
+                                         device, dtype, storage, targets_stream)
             if next_dense and dense_outputs:
                 stream = inputs.with_hidden(dense_outputs)
             else:

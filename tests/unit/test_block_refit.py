@@ -169,6 +169,37 @@ def test_the_refit_lowers_the_calibration_error_of_the_pruned_model():
     assert hidden_error(recipe(block_refit={"epochs": 3})) < hidden_error(recipe())
 
 
+def test_dense_model_targets_fit_the_dense_trajectory_and_coincide_with_block_targets_in_dense_mode():
+    """Problem (2): the last block's certificate is measured against the dense model's own hidden states (the
+    model's output before the final norm), so its reported error equals the built model's distance to them; in
+    ``dense`` mode the run's inputs are the dense model's and the two target choices give the same plan."""
+    model = tiny_model("llama", dtype=torch.float32)
+    calib = tokens(n=6, t=24)
+    wide = {"epochs": 2, "lr": 1e-3, "targets": "dense_model"}
+    plan = prunekit.plan(model, recipe(block_refit=wide), calib, progress=False)
+    local = prunekit.plan(model, recipe(block_refit={"epochs": 2, "lr": 1e-3}), calib, progress=False)
+    assert any(not torch.equal(plan.module_edits[k].weight, local.module_edits[k].weight) for k in plan.module_edits)
+    pruned = copy.deepcopy(model)
+    prunekit.apply_(pruned, plan)
+    outs = {}  # the last block's raw outputs (hidden_states[-1] is after the final norm)
+    for name, m in (("pruned", pruned), ("dense", model)):
+        handle = m.model.layers[-1].register_forward_hook(lambda mod, i, o, n=name: outs.__setitem__(
+            n, o[0] if isinstance(o, tuple) else o))
+        with torch.no_grad():
+            m(calib)
+        handle.remove()
+    error = float((outs["pruned"] - outs["dense"]).double().square().sum() / outs["dense"].double().square().sum())
+    last = plan.refits[-1]
+    assert last.kept and error == pytest.approx(last.error_after, rel=1e-3)
+    from prunekit.models.recipe import CalibrationSettings
+
+    dense_mode = [prunekit.plan(model, recipe(calibration=CalibrationSettings(mode="dense"),
+                                              block_refit={**wide, "targets": t}), calib, progress=False)
+                  for t in ("block", "dense_model")]
+    assert all(torch.equal(dense_mode[0].module_edits[k].weight, dense_mode[1].module_edits[k].weight)
+               for k in dense_mode[0].module_edits)
+
+
 def test_settings_round_trip_and_bad_values_get_one_clear_error():
     assert recipe(block_refit=True).block_refit == BlockRefit()
     assert recipe(block_refit={"epochs": 3, "lr": 1e-3}).block_refit == BlockRefit(epochs=3, lr=1e-3)
@@ -177,7 +208,7 @@ def test_settings_round_trip_and_bad_values_get_one_clear_error():
         assert Recipe.from_dict(r.to_dict()) == r and Recipe.from_json(r.to_json()) == r
     for bad, words in ((0.5, "'auto', true/false"), ("on", "'auto', true/false"), ({"epochs": 0}, "epochs"),
                        ({"lr": 2.0}, "lr"), ({"steps": 3}, "no field"), ({"schedule": "linear"}, "schedule"),
-                       ({"scope": "model"}, "scope"), ({"retries": -1}, "retries"), ({"retries": True}, "retries")):
+                       ({"scope": "model"}, "scope"), ({"targets": "dense"}, "targets"), ({"retries": -1}, "retries"), ({"retries": True}, "retries")):
         with pytest.raises(FormulationError, match=f"{words}.*|.*Fix") as info:
             recipe(block_refit=bad)
         assert words.split("'")[0] in str(info.value)
@@ -232,6 +263,8 @@ def test_cli_flags_set_the_refit(tmp_path):
     assert build_recipe(parser.parse_args(base + ["--block-refit", "on"])).block_refit == BlockRefit()
     tuned = build_recipe(parser.parse_args(base + ["--block-refit-epochs", "3", "--block-refit-lr", "1e-3"]))
     assert tuned.block_refit == BlockRefit(epochs=3, lr=1e-3)
+    wide = build_recipe(parser.parse_args(base + ["--block-refit-scope", "block"]))
+    assert wide.block_refit == BlockRefit(scope="block")
     file = recipe(block_refit={"epochs": 4}).save(tmp_path / "r.yaml")
     from_file = build_recipe(parser.parse_args(base + ["--recipe", str(file), "--block-refit-lr", "5e-4"]))
     assert from_file.block_refit == BlockRefit(epochs=4, lr=5e-4)  # a flag on top of the file's settings
