@@ -68,12 +68,13 @@ def _block_refit(args: argparse.Namespace, current):
     choice = getattr(args, "block_refit", None)
     tuned = {k: v for k, v in (("epochs", getattr(args, "block_refit_epochs", None)),
                                ("lr", getattr(args, "block_refit_lr", None)),
-                               ("scope", getattr(args, "block_refit_scope", None))) if v is not None}
+                               ("scope", getattr(args, "block_refit_scope", None)),
+                               ("targets", getattr(args, "block_refit_targets", None))) if v is not None}
     if choice is None and not tuned:
         return None
     if choice == "off":
         if tuned:
-            raise SystemExit("prunekit prune: --block-refit off contradicts --block-refit-epochs / -lr / -scope. "
+            raise SystemExit("prunekit prune: --block-refit off contradicts --block-refit-epochs / -lr / -scope / -targets. "
                              "Fix: drop one of them.")
         return False
     if choice == "auto" and not tuned:
@@ -330,6 +331,9 @@ def register(subparsers) -> None:
     p.add_argument("--block-refit-scope", dest="block_refit_scope", default=None, choices=("pruned", "block"),
                    help="block refit: train the pruned modules (default) or every linear module of the block "
                         "(implies --block-refit on)")
+    p.add_argument("--block-refit-targets", dest="block_refit_targets", default=None, choices=("dense_model", "block"),
+                   help="block refit: fit each block to the dense model's block outputs (default) or to the dense "
+                        "block on the pruned model's inputs (implies --block-refit on)")
     p.add_argument("--dtype", default=None, choices=("float32", "float64", "bfloat16", "float16"),
                    help="compute dtype of the block copies (float32); the output keeps the checkpoint's dtype")
     p.add_argument("--out", required=True, help="output folder (appears only when the run is complete)")

@@ -31,7 +31,7 @@ A recipe names
   dense block's outputs, masks fixed (:mod:`prunekit.models.block_refit`, [derived]): ``"auto"`` (default: the
   method's own default, resolved when the run starts and recorded), ``false`` / None (off), ``true`` (on, default
   settings) or a mapping of :class:`~prunekit.models.block_refit.BlockRefit` fields (``epochs``, ``lr``, ``seed``,
-  ``schedule``, ``retries``, ``scope``).
+  ``schedule``, ``retries``, ``scope``, ``targets``).
 
 Recipes are plain data: explicit keyword fields, no ``**kwargs``, no aliases.  Contradictory settings are
 errors.  They round-trip through ``to_dict``/``from_dict``, JSON and YAML (an unquoted ``2:4`` stays a structure,

@@ -177,7 +177,7 @@ def test_dense_model_targets_fit_the_dense_trajectory_and_coincide_with_block_ta
     calib = tokens(n=6, t=24)
     wide = {"epochs": 2, "lr": 1e-3, "targets": "dense_model"}
     plan = prunekit.plan(model, recipe(block_refit=wide), calib, progress=False)
-    local = prunekit.plan(model, recipe(block_refit={"epochs": 2, "lr": 1e-3}), calib, progress=False)
+    local = prunekit.plan(model, recipe(block_refit={**wide, "targets": "block"}), calib, progress=False)
     assert any(not torch.equal(plan.module_edits[k].weight, local.module_edits[k].weight) for k in plan.module_edits)
     pruned = copy.deepcopy(model)
     prunekit.apply_(pruned, plan)
@@ -208,7 +208,7 @@ def test_settings_round_trip_and_bad_values_get_one_clear_error():
         assert Recipe.from_dict(r.to_dict()) == r and Recipe.from_json(r.to_json()) == r
     for bad, words in ((0.5, "'auto', true/false"), ("on", "'auto', true/false"), ({"epochs": 0}, "epochs"),
                        ({"lr": 2.0}, "lr"), ({"steps": 3}, "no field"), ({"schedule": "linear"}, "schedule"),
-                       ({"scope": "model"}, "scope"), ({"targets": "dense"}, "targets"), ({"retries": -1}, "retries"), ({"retries": True}, "retries")):
+                       ({"scope": "model"}, "scope"), ({"targets": "model"}, "targets"), ({"retries": -1}, "retries"), ({"retries": True}, "retries")):
         with pytest.raises(FormulationError, match=f"{words}.*|.*Fix") as info:
             recipe(block_refit=bad)
         assert words.split("'")[0] in str(info.value)
@@ -263,8 +263,8 @@ def test_cli_flags_set_the_refit(tmp_path):
     assert build_recipe(parser.parse_args(base + ["--block-refit", "on"])).block_refit == BlockRefit()
     tuned = build_recipe(parser.parse_args(base + ["--block-refit-epochs", "3", "--block-refit-lr", "1e-3"]))
     assert tuned.block_refit == BlockRefit(epochs=3, lr=1e-3)
-    wide = build_recipe(parser.parse_args(base + ["--block-refit-scope", "block"]))
-    assert wide.block_refit == BlockRefit(scope="block")
+    wide = build_recipe(parser.parse_args(base + ["--block-refit-scope", "block", "--block-refit-targets", "block"]))
+    assert wide.block_refit == BlockRefit(scope="block", targets="block")
     file = recipe(block_refit={"epochs": 4}).save(tmp_path / "r.yaml")
     from_file = build_recipe(parser.parse_args(base + ["--recipe", str(file), "--block-refit-lr", "5e-4"]))
     assert from_file.block_refit == BlockRefit(epochs=4, lr=5e-4)  # a flag on top of the file's settings
@@ -275,9 +275,10 @@ def test_cli_flags_set_the_refit(tmp_path):
 
 
 def test_the_refit_targets_come_from_the_statistics_pass(monkeypatch):
-    """Propagated mode: the dense outputs the statistics pass computes anyway are the targets -- the refit adds no
-    forward of the dense block (``forward_block`` runs as often as without the refit: once per block, through the
-    pruned block, for the next inputs)."""
+    """Propagated mode, ``targets="block"``: the dense outputs the statistics pass computes anyway are the targets --
+    the refit adds no forward of the dense block (``forward_block`` runs as often as without the refit: once per
+    block, through the pruned block, for the next inputs).  ``dense_model`` (default) adds exactly one per block:
+    the dense stream."""
     from prunekit.models import block_refit, runner
 
     calls = []
@@ -287,8 +288,10 @@ def test_the_refit_targets_come_from_the_statistics_pass(monkeypatch):
     model = tiny_model("llama", dtype=torch.float32)
     prunekit.plan(model, recipe(), tokens(n=4, t=24), progress=False)
     without = len(calls)
-    plan = prunekit.plan(model, recipe(block_refit=True), tokens(n=4, t=24), progress=False)
+    plan = prunekit.plan(model, recipe(block_refit={"targets": "block"}), tokens(n=4, t=24), progress=False)
     assert len(plan.refits) == 2 and len(calls) == 2 * without
+    plan = prunekit.plan(model, recipe(block_refit=True), tokens(n=4, t=24), progress=False)  # dense_model
+    assert len(plan.refits) == 2 and len(calls) == 3 * without + 2  # + the dense stream: one per block
 
 
 @pytest.mark.parametrize("method", ["flap", "sparsegpt"])

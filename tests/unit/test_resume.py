@@ -162,7 +162,8 @@ def test_channels_of_a_model_without_adapter_resume_identically(tmp_path, monkey
 
 @pytest.mark.parametrize("fields", [
     dict(method="fasp", structure="channels", sparsity=0.3, attention="vo_channels"),
-    dict(method="sparsegpt", structure="unstructured", sparsity=0.5, block_refit={"epochs": 2, "lr": 1e-3}),
+    dict(method="sparsegpt", structure="unstructured", sparsity=0.5,
+         block_refit={"epochs": 2, "lr": 1e-3, "targets": "block"}),
     dict(method="sparsegpt", structure="unstructured", sparsity=0.5,
          block_refit={"epochs": 2, "lr": 1e-3, "targets": "dense_model"}),
 ], ids=["channels", "block_refit", "block_refit_dense_model"])
