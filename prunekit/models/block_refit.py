@@ -35,8 +35,8 @@ activations (on ``storage``; for a 7B model at 128 x 2048 tokens, 4 GiB in float
 **Certificate.**  The relative error ``e = sum_i ||f(W_hat; X_i) - f(W; X_i)||^2 / sum_i ||f(W; X_i)||^2`` is
 measured on the same windows before and after; the refitted weights are kept only when ``e`` decreased and
 stayed finite.  When it did not, the fit is tried again from the solvers' weights with a quarter of the step size,
-up to ``retries`` times (a step too large for a block whose layer solves are already good overshoots: measured
-below); when no attempt lowers ``e`` the solvers' weights stand and the record says why (:class:`RefitRecord`).
+up to ``retries`` times (a step too large for a block whose layer solves are already good overshoots; measured in
+benchmarks/RESULTS.md, "Block refit"); when no attempt lowers ``e`` the solvers' weights stand and the record says why (:class:`RefitRecord`).
 It is an error on the calibration windows, not a held-out guarantee.
 
 Source: [derived] -- prunekit's option, not a rule of a paper in methods.md.  The idea of fitting a sparse block to
