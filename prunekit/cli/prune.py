@@ -74,8 +74,8 @@ def _block_refit(args: argparse.Namespace, current):
         return None
     if choice == "off":
         if tuned:
-            raise SystemExit("prunekit prune: --block-refit off contradicts --block-refit-epochs / -lr / -scope / -targets. "
-                             "Fix: drop one of them.")
+            raise SystemExit("prunekit prune: --block-refit off contradicts --block-refit-epochs / -lr / -scope / "
+                             "-targets. Fix: drop one of them.")
         return False
     if choice == "auto" and not tuned:
         return "auto"

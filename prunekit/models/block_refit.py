@@ -36,8 +36,8 @@ activations (on ``storage``; for a 7B model at 128 x 2048 tokens, 4 GiB in float
 measured on the same windows before and after; the refitted weights are kept only when ``e`` decreased and
 stayed finite.  When it did not, the fit is tried again from the solvers' weights with a quarter of the step size,
 up to ``retries`` times (a step too large for a block whose layer solves are already good overshoots; measured in
-benchmarks/RESULTS.md, "Block refit"); when no attempt lowers ``e`` the solvers' weights stand and the record says why (:class:`RefitRecord`).
-It is an error on the calibration windows, not a held-out guarantee.
+benchmarks/RESULTS.md, "Block refit"); when no attempt lowers ``e`` the solvers' weights stand and the record
+says why (:class:`RefitRecord`).  It is an error on the calibration windows, not a held-out guarantee.
 
 Source: [derived] -- prunekit's option, not a rule of a paper in methods.md.  The idea of fitting a sparse block to
 the dense block's outputs with the masks fixed is EBFT's (Guo et al., "EBFT: Effective and Block-Wise Fine-Tuning
@@ -254,8 +254,8 @@ def refit_block(dense: nn.Module, prefix: str, index: int, plan: PruningPlan, in
     for key, edit in plan.module_edits.items():  # as surgery writes them: a bias the solver added is created
         write_module_edit_(solved, adapter, rel(edit.module or key), edit.weight, edit.bias)
     before = _relative_error(solved, inputs, targets, device, train_dtype)
-    steps, lr, twin, after = 0, settings.lr, None, float("nan")
-    for attempt in range(1 + settings.retries):
+    steps = 0
+    for attempt in range(1 + settings.retries):  # at least one attempt: twin, after and lr are always bound
         lr = settings.lr / BACKOFF ** attempt
         twin = copy.deepcopy(solved)
         steps += _fit(twin, [twin.get_submodule(rel(n)).weight for n in names], inputs, targets, settings, lr,
@@ -358,5 +358,5 @@ def resolve_block_refit(recipe):
     return replace(recipe, block_refit=BlockRefit() if recipe.method.block_refit_default else None)
 
 
-__all__ = ["BlockRefit", "DenseStream", "RefitRecord", "dense_stream", "refit_block", "refit_run_block", "resolve_block_refit", "run_settings",
-           "trained_modules"]
+__all__ = ["BlockRefit", "DenseStream", "RefitRecord", "dense_stream", "refit_block", "refit_run_block",
+           "resolve_block_refit", "run_settings", "trained_modules"]

@@ -364,7 +364,8 @@ def run(store, recipe: Recipe, calibration_tokens: torch.Tensor, sink, *, device
             # the statistics pass runs the whole dense block; its outputs are the next inputs in dense mode (one
             # forward per block, as FLAP's reference does) and the block refit's targets (no second dense forward)
             next_dense = recipe.mode == "dense" and not last
-            dense_outputs = [] if calibrated and (next_dense or (refit is not None and targets_stream is None)) else None
+            refit_own_targets = refit is not None and targets_stream is None  # problem (1): this block's outputs
+            dense_outputs = [] if calibrated and (next_dense or refit_own_targets) else None
             block_plan, dense = prune_block(store, index, block, inputs, recipe, device=device, dtype=dtype,
                                             ratios=ratios, ctx=ctx, outputs=dense_outputs)
             if refit is not None:

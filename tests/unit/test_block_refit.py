@@ -208,7 +208,8 @@ def test_settings_round_trip_and_bad_values_get_one_clear_error():
         assert Recipe.from_dict(r.to_dict()) == r and Recipe.from_json(r.to_json()) == r
     for bad, words in ((0.5, "'auto', true/false"), ("on", "'auto', true/false"), ({"epochs": 0}, "epochs"),
                        ({"lr": 2.0}, "lr"), ({"steps": 3}, "no field"), ({"schedule": "linear"}, "schedule"),
-                       ({"scope": "model"}, "scope"), ({"targets": "model"}, "targets"), ({"retries": -1}, "retries"), ({"retries": True}, "retries")):
+                       ({"scope": "model"}, "scope"), ({"targets": "model"}, "targets"), ({"retries": -1}, "retries"),
+                       ({"retries": True}, "retries")):
         with pytest.raises(FormulationError, match=f"{words}.*|.*Fix") as info:
             recipe(block_refit=bad)
         assert words.split("'")[0] in str(info.value)

@@ -613,5 +613,5 @@ def unrouted_solution(weight: torch.Tensor, spec, policy: str, base: dict[str, A
 from .experts import ExpertMLP, LinearExperts, fuse_experts_, unfuse_experts_  # noqa: E402  (re-exported)
 
 __all__ = ["BlockTrace", "ExpertMLP", "GenericAdapter", "LinearExperts", "UNROUTED_POLICIES", "block_calls",
-           "find_blocks", "find_routers", "fuse_experts_", "generic_adapter", "is_causal_lm", "linear_kind", "sibling_pattern",
-           "linear_modules", "trace_stages", "unfuse_experts_", "unrouted_solution"]
+           "find_blocks", "find_routers", "fuse_experts_", "generic_adapter", "is_causal_lm", "linear_kind",
+           "sibling_pattern", "linear_modules", "trace_stages", "unfuse_experts_", "unrouted_solution"]
