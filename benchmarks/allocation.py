@@ -2,6 +2,8 @@
 
     nice -n 10 python benchmarks/allocation.py --method sparsegpt --sparsity 0.7 --allocation owl
     nice -n 10 python benchmarks/allocation.py --method flap --structure channels --sparsity 0.3 --allocation adaptive
+    python benchmarks/allocation.py --method fasp_refit --structure channels --sparsity 0.3 --allocation auto \
+        --block-refit auto                                  # a method's own defaults, recorded as resolved
     python benchmarks/allocation.py --report-only        # rebuild ALLOCATION.md from ALLOCATION.json
 
 Protocol (as benchmarks/models.py): smollm2-135m in float32 on CPU; calibration 32 windows x 512 tokens of WikiText-2
@@ -35,7 +37,7 @@ def run_id(a) -> str:
     opts = f"-m{a.owl_m:g}-l{a.owl_lambda:g}" if a.allocation == "owl" else (
         f"-T{a.temperature:g}" if a.allocation == "softmax" else "")
     rt = f"-r{a.round_to}" if a.round_to != "auto" else ""
-    refit = "" if a.block_refit == "off" else (
+    refit = "" if a.block_refit == "off" else "-refitauto" if a.block_refit == "auto" else (
         "-refit" + "".join(f"-{k}{v:g}" if isinstance(v, float) else f"-{k}{v}"
                            for k, v in sorted(a.block_refit_fields.items())))
     return f"{a.method}{extra}-{a.structure}{a.sparsity:g}-{a.allocation}{opts}{rt}{refit}"
@@ -78,6 +80,8 @@ def run(a) -> dict:
         result = prunekit.prune(model, recipe, calib, progress=False, ratios=ratios)
         rec["prune_time_s"] = time.perf_counter() - t0
         rep = result.report
+        if "auto" in (a.allocation, a.block_refit):
+            rec["resolved"] = {k: rep.recipe[k] for k in ("allocation", "block_refit")}  # what "auto" ran
         if rep.refits:
             rec["refits"] = [r.to_dict() for r in rep.refits]
         rec["params_before"], rec["params_after"] = rep.params_before, rep.params_after
@@ -149,6 +153,8 @@ def write_md(records: list[dict]) -> None:
         rc = r.get("recipe", {})
         al = r.get("allocation")
         alloc = rc.get("allocation", "?")
+        if alloc == "auto" and r.get("resolved"):
+            alloc = f"auto = {r['resolved']['allocation']}"
         if alloc == "owl":
             alloc += f" (M={rc.get('owl_m'):g}, λ={rc.get('owl_lambda'):g})"
         if rc.get("round_to") not in (None, "auto"):
@@ -182,8 +188,9 @@ def main(argv=None) -> int:
     p.add_argument("--round-to", default="auto")
     p.add_argument("--option", action="append", default=[], help="formulation option KEY=JSON (e.g. refit=true)")
     p.add_argument("--block-refit", default="off",
-                   help="off (default: the uniform rows above), on (BlockRefit's defaults), or a JSON mapping of "
-                        "BlockRefit fields (epochs / lr / seed / schedule / retries / scope)")
+                   help="off (default: the uniform rows above), on (BlockRefit's defaults), auto (the method's own "
+                        "default), or a JSON mapping of BlockRefit fields (epochs / lr / seed / schedule / retries / "
+                        "scope / targets)")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=64)
@@ -194,8 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
     a.options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in a.option)}
-    a.block_refit_fields = {} if a.block_refit in ("off", "on") else json.loads(a.block_refit)
-    a.block_refit_value = False if a.block_refit == "off" else dict(a.block_refit_fields)
+    a.block_refit_fields = {} if a.block_refit in ("off", "on", "auto") else json.loads(a.block_refit)
+    a.block_refit_value = {"off": False, "auto": "auto"}.get(a.block_refit, dict(a.block_refit_fields))
     if not a.report_only:
         rec = run(a)
         records = load_records()  # read after the run: runs in parallel each add their own record

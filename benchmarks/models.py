@@ -67,6 +67,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], Optional[str]]] = {
     "fista_seq": ("fista", {}, "sequential"),
 }
 CHANNEL_METHODS = ("fasp", "flap", "spap", "admm")  # run order; others supporting channels are appended
+# Built-in methods whose layer problem and solver are another row's and which differ only in model-level defaults
+# (allocation, block refit): this table's rows are uniform, so such a row would repeat its base method's solve.
+# Their defaults are measured in benchmarks/allocation.py (ALLOCATION.md; RESULTS.md, "Quality targets").
+MODEL_LEVEL_VARIANTS = {"fasp_refit": "fasp"}
 # Attention pruning mode per method (Recipe.attention) in the *_attn settings: W_V rows + W_O columns per channel
 # (FASP's scheme, methods.md §4.1) for every channel method, so the attention rows compare solvers on one structure.
 # Whole heads (``"heads"``, FLAP §8.4) are not used here: smollm2-135m has 3 KV groups, and 20-30% of 3 groups
@@ -80,11 +84,13 @@ def run_id(method: str, setting: str) -> str:
 
 
 def channel_methods() -> list[str]:
-    """fasp, flap, spap, admm, then any other built-in method whose formulation supports channels."""
+    """fasp, flap, spap, admm, then any other built-in method whose formulation supports channels (but the
+    :data:`MODEL_LEVEL_VARIANTS`)."""
     from prunekit.models.methods import builtin_methods
 
     out = list(CHANNEL_METHODS)
-    out += [name for name, method in builtin_methods().items() if "channels" in method.structures and name not in out]
+    out += [name for name, method in builtin_methods().items()
+            if "channels" in method.structures and name not in out and name not in MODEL_LEVEL_VARIANTS]
     return out
 
 

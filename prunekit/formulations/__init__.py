@@ -25,6 +25,7 @@ _LAZY = {
     "MaskedReconstructionMIP": "mip",
     "SPAPRelaxation": "reductions_spap",
     "CoupledStructuredRemoval": "coupled",
+    "RefitCoupledRemoval": "coupled_refit",
     "FLAPRemoval": "flap",
     "PenaltyRelaxation": "penalty",
     "L1Relaxation": "l1",

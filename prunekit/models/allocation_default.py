@@ -16,6 +16,11 @@ opt out.
   width), so the saved model is zero-padded to its widest layer -- measured on the README's main job (FASP 30%,
   smollm2-135m): 134,515,008 parameters before and after, i.e. the physical savings that channel pruning is
   for would be gone from the output.  Pass ``allocation="adaptive"`` when quality matters more than size.
+
+A method may state its own rule per structure kind (the formulation's ``allocation_defaults`` ClassVar,
+``Method.allocation_default``); where it does, ``auto`` means that rule with that method.  ``fasp_refit``
+(:class:`~prunekit.formulations.coupled_refit.RefitCoupledRemoval`) states ``adaptive`` for channels: it is the
+quality-first variant.
 """
 
 from __future__ import annotations
@@ -27,25 +32,31 @@ OWL_FROM_SPARSITY = 0.6
 """Unstructured sparsities from which ``auto`` means OWL."""
 
 
-def auto_allocation(kind: str, sparsity: float) -> str:
+def auto_allocation(kind: str, sparsity: float, method=None) -> str:
     """The concrete allocation rule ``auto`` stands for (module docstring).
 
     Parameters
     ----------
     kind : the structure kind, ``"unstructured"``, ``"nm"`` or ``"channels"``.
     sparsity : the global target sparsity.
+    method : the run's :class:`~prunekit.models.methods.Method`, or None; a rule it states for ``kind``
+        (``Method.allocation_default``) takes precedence over the table.
     """
+    stated = method.allocation_default(kind) if method is not None else None
+    if stated is not None:
+        return stated
     if kind == "unstructured":
         return "owl" if sparsity >= OWL_FROM_SPARSITY else "uniform"
     return "uniform"
 
 
 def resolve_allocation(recipe):
-    """``recipe`` with ``allocation="auto"`` replaced by :func:`auto_allocation`'s rule; any other recipe is
-    returned unchanged."""
+    """``recipe`` with ``allocation="auto"`` replaced by :func:`auto_allocation`'s rule for its structure, sparsity
+    and method; any other recipe is returned unchanged.  The method's stated rule is checked against the structure
+    like a recipe's own (``allocation_rules.check_allocation``)."""
     if recipe.allocation != AUTO:
         return recipe
-    rule = auto_allocation(recipe.structure.kind, float(recipe.sparsity))
+    rule = auto_allocation(recipe.structure.kind, float(recipe.sparsity), recipe.method)
     return dataclasses.replace(recipe, allocation=rule)
 
 

@@ -352,10 +352,11 @@ def refit_run_block(store, index: int, dense: nn.Module, block_plan: PruningPlan
 
 def resolve_block_refit(recipe):
     """``recipe`` with ``block_refit="auto"`` replaced by the method's default (``Method.block_refit_default``:
-    :class:`BlockRefit` () when True, else None); any other recipe is returned unchanged."""
+    None when False, :class:`BlockRefit` () when True, those fields when a mapping); any other recipe is returned
+    unchanged."""
     if not (isinstance(recipe.block_refit, str) and recipe.block_refit == "auto"):
         return recipe
-    return replace(recipe, block_refit=BlockRefit() if recipe.method.block_refit_default else None)
+    return replace(recipe, block_refit=BlockRefit.coerce(recipe.method.block_refit_default))
 
 
 __all__ = ["BlockRefit", "DenseStream", "RefitRecord", "dense_stream", "refit_block", "refit_run_block",

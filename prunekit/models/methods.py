@@ -37,7 +37,8 @@ from .structure import KINDS, Structure
 
 BUILTIN_FORMULATIONS = ("MagnitudePruning", "WandaPruning", "SparseGPTPruning", "MultipleRemoval", "L1Relaxation",
                         "RefitL1Relaxation",
-                        "CoupledStructuredRemoval", "PenaltyRelaxation", "FLAPRemoval", "ADMMSplit")
+                        "CoupledStructuredRemoval", "RefitCoupledRemoval", "PenaltyRelaxation", "FLAPRemoval",
+                        "ADMMSplit")
 """Names in ``prunekit.formulations`` scanned for ``method_name`` (the built-in methods, in table order)."""
 
 _EXTRA: dict[str, type] = {}  # names registered by register_method
@@ -108,10 +109,34 @@ class Method:
         return self.formulation.calibration_mode
 
     @property
-    def block_refit_default(self) -> bool:
-        """Whether ``block_refit="auto"`` turns the block reconstruction on for this method (the formulation's
-        ``block_refit_default`` ClassVar, False when absent; ``prunekit.models.block_refit``)."""
-        return bool(getattr(self.formulation, "block_refit_default", False))
+    def block_refit_default(self) -> Union[bool, Mapping[str, Any]]:
+        """What ``block_refit="auto"`` means for this method: the formulation's ``block_refit_default`` ClassVar --
+        False (off; also when absent), True (``BlockRefit``'s defaults) or a mapping of ``BlockRefit`` fields
+        (those settings; ``prunekit.models.block_refit``).  Truthy exactly when the refit is on by default."""
+        declared = getattr(self.formulation, "block_refit_default", False)
+        if isinstance(declared, bool):
+            return declared
+        if isinstance(declared, Mapping) and declared:
+            return dict(declared)
+        raise FormulationError(f"{self.formulation.__name__}.block_refit_default must be True, False or a non-empty "
+                               f"mapping of block_refit fields, got {declared!r}. Fix: e.g. "
+                               f"block_refit_default = {{'epochs': 4}}.")
+
+    def allocation_default(self, kind: str) -> Optional[str]:
+        """The allocation rule ``allocation="auto"`` stands for with this method at structure ``kind``
+        (``"unstructured"``, ``"nm"``, ``"channels"``): the formulation's ``allocation_defaults`` ClassVar (a
+        mapping kind -> rule), None where it declares none (then prunekit's measured table decides,
+        :mod:`prunekit.models.allocation_default`)."""
+        declared = getattr(self.formulation, "allocation_defaults", None) or {}
+        if not isinstance(declared, Mapping):
+            raise FormulationError(f"{self.formulation.__name__}.allocation_defaults must be a mapping of structure "
+                                   f"kind -> allocation rule, got {declared!r}. Fix: e.g. "
+                                   f"allocation_defaults = {{'channels': 'adaptive'}}.")
+        unknown = sorted(set(declared) - set(KINDS))
+        if unknown:
+            raise FormulationError(f"{self.formulation.__name__}.allocation_defaults names unknown structure kind(s) "
+                                   f"{unknown}. Fix: use {', '.join(KINDS)}.")
+        return declared.get(kind)
 
     @property
     def column_score(self) -> str:

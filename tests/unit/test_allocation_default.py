@@ -25,6 +25,14 @@ def test_auto_stands_for_the_measured_best_rule(kind, sparsity, rule):
     assert auto_allocation(kind, sparsity) == rule
 
 
+def test_a_method_stated_rule_takes_precedence_over_the_table():
+    from prunekit.models.methods import resolve_method
+
+    assert auto_allocation("channels", 0.3, resolve_method("fasp_refit")) == "adaptive"
+    assert auto_allocation("channels", 0.3, resolve_method("fasp")) == "uniform"
+    assert auto_allocation("unstructured", 0.7, resolve_method("sparsegpt")) == "owl"  # no stated rule: the table
+
+
 def test_auto_is_the_default_and_round_trips():
     recipe = Recipe(method="sparsegpt", sparsity=0.7)
     assert recipe.allocation == "auto"

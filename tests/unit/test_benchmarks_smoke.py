@@ -178,7 +178,11 @@ def test_variant_rows_pass_formulation_options_and_modes():
     assert seq.options == {} and seq.mode == "sequential" and str(seq.structure) == "2:4" and seq.sparsity == 0.5
     channels = models.build_recipe("fasp", "channels30_attn", args)
     assert channels.attention == "vo_channels" and channels.structure.kind == "channels"
-    assert set(models.channel_methods()) == {n for n, m in builtin_methods().items() if "channels" in m.structures}
+    channel_methods = {n for n, m in builtin_methods().items() if "channels" in m.structures}
+    assert set(models.channel_methods()) == channel_methods - set(models.MODEL_LEVEL_VARIANTS)
+    for variant, base in models.MODEL_LEVEL_VARIANTS.items():  # only variants whose layer problem is a row's own
+        assert issubclass(builtin_methods()[variant].formulation, builtin_methods()[base].formulation)
+        assert base in models.channel_methods()
     with pytest.raises(SystemExit, match="unknown method"):
         models.plan_runs(["no_such_method"], None)
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ...formulations.coupled import CoupledStructuredRemoval
+from ...formulations.coupled_refit import RefitCoupledRemoval
 from ..base import Solver
 from ..options import ReferenceOptions
 from ..registry import register_solver
@@ -51,3 +52,8 @@ class ScipyCoupledRemoval(Solver):
             stats={"damping_used": layer.damping_value()},
             extras={"column_scores": torch.from_numpy(col)},
         )
+
+
+@register_solver(RefitCoupledRemoval, backend="scipy")
+class ScipyRefitCoupledRemoval(ScipyCoupledRemoval):
+    """The reference twin for ``fasp_refit`` (FASP's layer problem)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ...formulations.coupled import CoupledStructuredRemoval
+from ...formulations.coupled_refit import RefitCoupledRemoval
 from ...formulations.scores import COLUMN_SCORES
 from ..base import Solver
 from ..registry import register_solver
@@ -53,3 +54,8 @@ class TorchCoupledRemoval(Solver):
             stats={"damping_used": damping, "kept": int(keep.sum())},
             extras={"column_scores": col.detach().cpu()},
         )
+
+
+@register_solver(RefitCoupledRemoval, backend="torch")
+class TorchRefitCoupledRemoval(TorchCoupledRemoval):
+    """The same solver for ``fasp_refit`` (its layer problem is FASP's; the registry does not follow inheritance)."""

@@ -1,0 +1,106 @@
+"""``fasp_refit`` (prunekit.formulations.coupled_refit): FASP's layer problem with adaptive allocation and a
+whole-block refit as the method's own defaults; ``fasp`` stays FASP as published."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+import prunekit
+from prunekit.errors import FormulationError
+from prunekit.formulations import CoupledStructuredRemoval, RefitCoupledRemoval
+from prunekit.models.allocation_default import resolve_allocation
+from prunekit.models.block_refit import BlockRefit, resolve_block_refit
+from prunekit.models.methods import Method, builtin_methods
+from prunekit.models.recipe import CalibrationSettings, Recipe
+from prunekit.solvers.registry import register_solver, unregister_solver
+from prunekit.solvers.torch.coupled import TorchCoupledRemoval
+
+SMALL = CalibrationSettings(nsamples=4, seqlen=24)
+
+
+def _resolved(**fields):
+    return resolve_block_refit(resolve_allocation(Recipe(structure="channels", sparsity=0.3, **fields)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_the_layer_problem_is_fasps_bit_for_bit(seed, backend):
+    """Same fields, same solve: the variant changes model-level defaults only."""
+    form = RefitCoupledRemoval.example(np.random.default_rng(seed))
+    plain = CoupledStructuredRemoval(form.layer, form.sparsity, score=form.score, restore=form.restore)
+    ours, theirs = (prunekit.solve(f, backend=backend) for f in (form, plain))
+    assert ours.status == theirs.status == "solved"
+    assert torch.equal(ours.mask, theirs.mask) and torch.equal(ours.weights, theirs.weights)
+
+
+def test_auto_means_adaptive_and_the_whole_block_refit_for_fasp_refit_only():
+    methods = builtin_methods()
+    assert methods["fasp_refit"].formulation is RefitCoupledRemoval
+    variant = _resolved(method="fasp_refit")
+    assert variant.allocation == "adaptive"
+    assert variant.block_refit == BlockRefit(scope="block", epochs=8)
+    faithful = _resolved(method="fasp")
+    assert faithful.allocation == "uniform" and faithful.block_refit is None  # FASP as published
+    explicit = _resolved(method="fasp_refit", allocation="uniform", block_refit=False)
+    assert explicit.allocation == "uniform" and explicit.block_refit is None  # an explicit setting always wins
+
+
+def test_a_default_run_records_and_applies_both_defaults():
+    """A whole-model prune with fasp_refit's defaults records the concrete rules it ran (replayable), widths
+    differ between blocks under the adaptive rule, and every block has a refit record whose kept fits lowered
+    the block error."""
+    from _hf_tiny import tiny_model
+
+    tokens = torch.randint(2, 300, (4, 24), generator=torch.Generator().manual_seed(0))
+    result = prunekit.prune(tiny_model("llama"), Recipe(method="fasp_refit", structure="channels", sparsity=0.3,
+                                                        calibration=SMALL), tokens, progress=False)
+    recipe = result.report.recipe
+    assert recipe["allocation"] == "adaptive"
+    assert recipe["block_refit"] == BlockRefit(scope="block", epochs=8).to_dict()
+    assert len({r.kept_units for r in result.report.layers}) > 1
+    refits = result.report.refits
+    assert refits and all(r.error_after < r.error_before for r in refits if r.kept)
+    assert any("self_attn" in name for r in refits for name in r.modules)  # scope "block": attention trains too
+
+
+def test_bad_method_declarations_are_refused_with_the_fix():
+    @dataclass(frozen=True, eq=False)
+    class BadRefit(CoupledStructuredRemoval):
+        block_refit_default: ClassVar = "yes"
+
+    @dataclass(frozen=True, eq=False)
+    class BadAllocation(CoupledStructuredRemoval):
+        allocation_defaults: ClassVar = {"rows": "adaptive"}
+
+    @dataclass(frozen=True, eq=False)
+    class WrongRule(CoupledStructuredRemoval):
+        allocation_defaults: ClassVar = {"channels": "owl"}
+
+    with pytest.raises(FormulationError, match="block_refit_default must be True, False or a non-empty mapping"):
+        _ = Method(BadRefit).block_refit_default
+    with pytest.raises(FormulationError, match=r"unknown structure kind\(s\) \['rows'\]. Fix"):
+        Method(BadAllocation).allocation_default("channels")
+    solver = register_solver(WrongRule, "torch")(type("WrongRuleSolver", (TorchCoupledRemoval,), {}))
+    try:
+        with pytest.raises(FormulationError, match="'owl' applies to structure 'unstructured' only"):
+            _resolved(method=Method(WrongRule))
+    finally:
+        unregister_solver(solver)
+
+
+def test_a_declared_refit_mapping_is_validated_like_a_recipes():
+    @dataclass(frozen=True, eq=False)
+    class TooMany(CoupledStructuredRemoval):
+        block_refit_default: ClassVar = {"epochs": 0}
+
+    solver = register_solver(TooMany, "torch")(type("TooManySolver", (TorchCoupledRemoval,), {}))
+    try:
+        with pytest.raises(FormulationError, match="epochs must be an int >= 1"):
+            _resolved(method=Method(TooMany))
+    finally:
+        unregister_solver(solver)
