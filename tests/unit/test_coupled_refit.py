@@ -3,6 +3,7 @@ whole-block refit as the method's own defaults; ``fasp`` stays FASP as published
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,6 +22,16 @@ from prunekit.solvers.registry import register_solver, unregister_solver
 from prunekit.solvers.torch.coupled import TorchCoupledRemoval
 
 SMALL = CalibrationSettings(nsamples=4, seqlen=24)
+
+
+@contextmanager
+def _solvable(formulation):
+    """FASP's torch solver registered for a test-local subclass while the block runs (a method needs one)."""
+    solver = register_solver(formulation, "torch")(type(f"{formulation.__name__}Solver", (TorchCoupledRemoval,), {}))
+    try:
+        yield
+    finally:
+        unregister_solver(solver)
 
 
 def _resolved(**fields):
@@ -85,12 +96,8 @@ def test_bad_method_declarations_are_refused_with_the_fix():
         _ = Method(BadRefit).block_refit_default
     with pytest.raises(FormulationError, match=r"unknown structure kind\(s\) \['rows'\]. Fix"):
         Method(BadAllocation).allocation_default("channels")
-    solver = register_solver(WrongRule, "torch")(type("WrongRuleSolver", (TorchCoupledRemoval,), {}))
-    try:
-        with pytest.raises(FormulationError, match="'owl' applies to structure 'unstructured' only"):
-            _resolved(method=Method(WrongRule))
-    finally:
-        unregister_solver(solver)
+    with _solvable(WrongRule), pytest.raises(FormulationError, match="'owl' applies to structure 'unstructured' only"):
+        _resolved(method=Method(WrongRule))
 
 
 def test_a_declared_refit_mapping_is_validated_like_a_recipes():
@@ -98,9 +105,5 @@ def test_a_declared_refit_mapping_is_validated_like_a_recipes():
     class TooMany(CoupledStructuredRemoval):
         block_refit_default: ClassVar = {"epochs": 0}
 
-    solver = register_solver(TooMany, "torch")(type("TooManySolver", (TorchCoupledRemoval,), {}))
-    try:
-        with pytest.raises(FormulationError, match="epochs must be an int >= 1"):
-            _resolved(method=Method(TooMany))
-    finally:
-        unregister_solver(solver)
+    with _solvable(TooMany), pytest.raises(FormulationError, match="epochs must be an int >= 1"):
+        _resolved(method=Method(TooMany))
