@@ -57,14 +57,16 @@ def build_recipe(args: argparse.Namespace, data_dir=None):
     if args.calib is not None or "source" not in calib:
         calib["source"] = _calibration_source(args.calib or "auto", data_dir)
     fields["calibration"] = calib
-    refit = _block_refit(args, fields.get("block_refit", "auto"))
+    refit = _block_refit(args, fields.get("block_refit", "auto"), fields.get("method"))
     if refit is not None:
         fields["block_refit"] = refit
     return Recipe.from_dict(fields)
 
 
-def _block_refit(args: argparse.Namespace, current):
-    """``--block-refit auto|on|off`` with ``--block-refit-epochs`` / ``--block-refit-lr`` on top (None: no flag)."""
+def _block_refit(args: argparse.Namespace, current, method=None):
+    """``--block-refit auto|on|off`` with ``--block-refit-epochs`` / ``-lr`` / ``-scope`` / ``-targets`` on top
+    (None: no flag).  Tuning flags over ``auto`` start from the method's own settings (``fasp_refit``'s
+    ``{scope: block, ...}``), over a recipe file's mapping from that mapping."""
     choice = getattr(args, "block_refit", None)
     tuned = {k: v for k, v in (("epochs", getattr(args, "block_refit_epochs", None)),
                                ("lr", getattr(args, "block_refit_lr", None)),
@@ -79,8 +81,22 @@ def _block_refit(args: argparse.Namespace, current):
         return False
     if choice == "auto" and not tuned:
         return "auto"
-    base = current if isinstance(current, dict) else {}
+    base = current if isinstance(current, dict) else _method_refit_settings(method) if current == "auto" else {}
     return {**base, **tuned}
+
+
+def _method_refit_settings(method) -> dict:
+    """The block-refit fields a method's ``block_refit="auto"`` stands for ({} for True, False or a bad name: the
+    recipe reports a bad name itself)."""
+    from ..errors import FormulationError
+    from ..models.methods import resolve_method
+    from ..models.recipe import Recipe
+
+    try:
+        default = resolve_method(method if method is not None else Recipe().method).block_refit_default
+    except FormulationError:
+        return {}
+    return dict(default) if isinstance(default, dict) else {}
 
 
 def _calibration_source(source: str, data_dir) -> str:

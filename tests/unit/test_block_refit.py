@@ -271,6 +271,9 @@ def test_cli_flags_set_the_refit(tmp_path):
     file = recipe(block_refit={"epochs": 4}).save(tmp_path / "r.yaml")
     from_file = build_recipe(parser.parse_args(base + ["--recipe", str(file), "--block-refit-lr", "5e-4"]))
     assert from_file.block_refit == BlockRefit(epochs=4, lr=5e-4)  # a flag on top of the file's settings
+    variant = [a if a != "sparsegpt" else "fasp_refit" for a in base] + ["--structure", "channels"]
+    assert build_recipe(parser.parse_args(variant + ["--block-refit-epochs", "3"])).block_refit == BlockRefit(
+        scope="block", epochs=3)  # a tuning flag over auto starts from the method's own settings
     with pytest.raises(SystemExit, match="contradicts.*Fix"):
         build_recipe(parser.parse_args(base + ["--block-refit", "off", "--block-refit-epochs", "3"]))
     with pytest.raises(SystemExit):
@@ -316,3 +319,4 @@ def test_the_reported_error_is_the_error_of_the_block_the_plan_builds(method):
     error = sum(float((b - t).double().square().sum()) for b, t in zip(built, targets)) / sum(
         float(t.double().square().sum()) for t in targets)
     assert record.kept and error == pytest.approx(record.error_after, rel=1e-4)
+
