@@ -70,7 +70,7 @@ CHANNEL_METHODS = ("fasp", "flap", "spap", "admm")  # run order; others supporti
 # Built-in methods whose layer problem and solver are another row's and which differ only in model-level defaults
 # (allocation, block refit): this table's rows are uniform, so such a row would repeat its base method's solve.
 # Their defaults are measured in benchmarks/allocation.py (ALLOCATION.md; RESULTS.md, "Quality targets").
-MODEL_LEVEL_VARIANTS = {"fasp_refit": "fasp"}
+MODEL_LEVEL_VARIANTS = {"fasp_refit": "fasp", "spap_refit": "spap"}
 # Attention pruning mode per method (Recipe.attention) in the *_attn settings: W_V rows + W_O columns per channel
 # (FASP's scheme, methods.md §4.1) for every channel method, so the attention rows compare solvers on one structure.
 # Whole heads (``"heads"``, FLAP §8.4) are not used here: smollm2-135m has 3 KV groups, and 20-30% of 3 groups

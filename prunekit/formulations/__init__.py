@@ -28,6 +28,7 @@ _LAZY = {
     "RefitCoupledRemoval": "coupled_refit",
     "FLAPRemoval": "flap",
     "PenaltyRelaxation": "penalty",
+    "RefitPenaltyRelaxation": "penalty_refit",
     "L1Relaxation": "l1",
     "RefitL1Relaxation": "l1_refit",
     "ADMMSplit": "admm",

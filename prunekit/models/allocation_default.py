@@ -18,9 +18,9 @@ opt out.
   for would be gone from the output.  Pass ``allocation="adaptive"`` when quality matters more than size.
 
 A method may state its own rule per structure kind (the formulation's ``allocation_defaults`` ClassVar,
-``Method.allocation_default``); where it does, ``auto`` means that rule with that method.  ``fasp_refit``
-(:class:`~prunekit.formulations.coupled_refit.RefitCoupledRemoval`) states ``adaptive`` for channels: it is the
-quality-first variant.
+``Method.allocation_default``); where it does, ``auto`` means that rule with that method.  ``fasp_refit`` and
+``spap_refit`` (:mod:`prunekit.formulations.channel_quality`) state ``adaptive`` for channels: they are the
+quality-first variants.
 """
 
 from __future__ import annotations

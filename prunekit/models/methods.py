@@ -37,7 +37,8 @@ from .structure import KINDS, Structure
 
 BUILTIN_FORMULATIONS = ("MagnitudePruning", "WandaPruning", "SparseGPTPruning", "MultipleRemoval", "L1Relaxation",
                         "RefitL1Relaxation",
-                        "CoupledStructuredRemoval", "RefitCoupledRemoval", "PenaltyRelaxation", "FLAPRemoval",
+                        "CoupledStructuredRemoval", "RefitCoupledRemoval", "PenaltyRelaxation",
+                        "RefitPenaltyRelaxation", "FLAPRemoval",
                         "ADMMSplit")
 """Names in ``prunekit.formulations`` scanned for ``method_name`` (the built-in methods, in table order)."""
 

@@ -219,14 +219,16 @@ def test_auto_is_the_methods_default_and_is_recorded():
     assert resolve_block_refit(recipe(block_refit="auto")).block_refit is None  # sparsegpt: the reference's method
     from prunekit.models.methods import resolve_method
 
-    on = [m for m in ("fista_refit", "mrp", "fasp", "sparsegpt", "wanda", "fista", "fasp_refit") if
-          resolve_method(m).block_refit_default]
+    on = [m for m in ("fista_refit", "mrp", "fasp", "sparsegpt", "wanda", "fista", "fasp_refit", "spap",
+                      "spap_refit") if resolve_method(m).block_refit_default]
     assert "fista" not in on and "sparsegpt" not in on and "wanda" not in on  # faithful baselines stay as published
-    assert "fasp" not in on and {"fista_refit", "fasp_refit"} <= set(on)
-    expected = {"fista_refit": BlockRefit(), "fasp_refit": BlockRefit(scope="block", epochs=8)}
+    assert "fasp" not in on and "spap" not in on and {"fista_refit", "fasp_refit", "spap_refit"} <= set(on)
+    expected = {"fista_refit": BlockRefit(), "fasp_refit": BlockRefit(scope="block", epochs=8),
+                "spap_refit": BlockRefit(scope="block", epochs=8)}
     for name in on:
-        r = resolve_block_refit(recipe(method=name, structure="channels" if "fasp" in name else "unstructured",
-                                       block_refit="auto"))
+        r = resolve_block_refit(recipe(method=name, block_refit="auto",
+                                       structure="unstructured" if "unstructured" in resolve_method(name).structures
+                                       else "channels"))
         assert r.block_refit == expected.get(name, BlockRefit())
 
 

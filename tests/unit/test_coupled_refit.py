@@ -1,10 +1,11 @@
-"""``fasp_refit`` (prunekit.formulations.coupled_refit): FASP's layer problem with adaptive allocation and a
-whole-block refit as the method's own defaults; ``fasp`` stays FASP as published."""
+"""``fasp_refit`` / ``spap_refit`` (prunekit.formulations.coupled_refit, penalty_refit, channel_quality): FASP's
+and SPAP's layer problems with adaptive allocation and a whole-block refit as the methods' own defaults; ``fasp``
+and ``spap`` stay as published."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
@@ -13,7 +14,8 @@ import torch
 
 import prunekit
 from prunekit.errors import FormulationError
-from prunekit.formulations import CoupledStructuredRemoval, RefitCoupledRemoval
+from prunekit.formulations import (CoupledStructuredRemoval, PenaltyRelaxation, RefitCoupledRemoval,
+                                   RefitPenaltyRelaxation)
 from prunekit.models.allocation_default import resolve_allocation
 from prunekit.models.block_refit import BlockRefit, resolve_block_refit
 from prunekit.models.methods import Method, builtin_methods
@@ -38,26 +40,33 @@ def _resolved(**fields):
     return resolve_block_refit(resolve_allocation(Recipe(structure="channels", sparsity=0.3, **fields)))
 
 
-@pytest.mark.parametrize("seed", range(6))
+VARIANTS = {"fasp_refit": (RefitCoupledRemoval, CoupledStructuredRemoval, "fasp"),
+            "spap_refit": (RefitPenaltyRelaxation, PenaltyRelaxation, "spap")}
+
+
+@pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("backend", ["torch", "scipy"])
-def test_the_layer_problem_is_fasps_bit_for_bit(seed, backend):
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_the_layer_problem_is_the_base_methods_bit_for_bit(variant, backend, seed):
     """Same fields, same solve: the variant changes model-level defaults only."""
-    form = RefitCoupledRemoval.example(np.random.default_rng(seed))
-    plain = CoupledStructuredRemoval(form.layer, form.sparsity, score=form.score, restore=form.restore)
+    cls, base, _ = VARIANTS[variant]
+    form = cls.example(np.random.default_rng(seed))
+    plain = base(**{f.name: getattr(form, f.name) for f in fields(base)})
     ours, theirs = (prunekit.solve(f, backend=backend) for f in (form, plain))
-    assert ours.status == theirs.status == "solved"
+    assert ours.status == theirs.status
     assert torch.equal(ours.mask, theirs.mask) and torch.equal(ours.weights, theirs.weights)
 
 
-def test_auto_means_adaptive_and_the_whole_block_refit_for_fasp_refit_only():
-    methods = builtin_methods()
-    assert methods["fasp_refit"].formulation is RefitCoupledRemoval
-    variant = _resolved(method="fasp_refit")
-    assert variant.allocation == "adaptive"
-    assert variant.block_refit == BlockRefit(scope="block", epochs=8)
-    faithful = _resolved(method="fasp")
-    assert faithful.allocation == "uniform" and faithful.block_refit is None  # FASP as published
-    explicit = _resolved(method="fasp_refit", allocation="uniform", block_refit=False)
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_auto_means_adaptive_and_the_whole_block_refit_for_the_variants_only(variant):
+    cls, _, faithful_name = VARIANTS[variant]
+    assert builtin_methods()[variant].formulation is cls
+    resolved = _resolved(method=variant)
+    assert resolved.allocation == "adaptive"
+    assert resolved.block_refit == BlockRefit(scope="block", epochs=8)
+    faithful = _resolved(method=faithful_name)
+    assert faithful.allocation == "uniform" and faithful.block_refit is None  # the base method as published
+    explicit = _resolved(method=variant, allocation="uniform", block_refit=False)
     assert explicit.allocation == "uniform" and explicit.block_refit is None  # an explicit setting always wins
 
 

@@ -105,7 +105,7 @@ def test_coerce_accepts_recipe_dict_and_file(tmp_path):
 def test_every_method_supports_its_documented_structures():
     methods = builtin_methods()
     assert {m for m, s in methods.items() if s.supports(Structure("channels"))} == {
-        "fasp", "fasp_refit", "spap", "flap", "admm"}
+        "fasp", "fasp_refit", "spap", "spap_refit", "flap", "admm"}
     assert {m for m, s in methods.items() if s.supports(Structure("nm", 2, 4))} == {
         "magnitude", "wanda", "sparsegpt", "mrp", "fista", "fista_refit", "admm"}
 

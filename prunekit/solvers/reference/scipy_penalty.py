@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ...formulations.penalty import PenaltyRelaxation
+from ...formulations.penalty_refit import RefitPenaltyRelaxation
 from ..base import Solver
 from ..options import ReferenceOptions
 from ..registry import register_solver
@@ -102,3 +103,8 @@ class ScipyPenalty(Solver):
             extras={"pruned": torch.from_numpy(prev.astype(np.float64)), "objective_trace": obj_trace,
                     "s_step_trace": s_trace, "rounds": rounds, "converged": converged},
         )
+
+
+@register_solver(RefitPenaltyRelaxation, backend="scipy")
+class ScipyRefitPenalty(ScipyPenalty):
+    """The reference twin for ``spap_refit`` (SPAP's layer problem)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from ...formulations.penalty import PenaltyRelaxation
+from ...formulations.penalty_refit import RefitPenaltyRelaxation
 from ..iterative import IterationLoop, IterativeSolver
 from ..options import SolverOptions
 from ..registry import register_solver
@@ -203,3 +204,8 @@ class TorchPenalty(IterativeSolver):
             stats={"rounds": rounds, "damping_used": damping_used, "final_rho": rho_trace[-1]},
             extras=extras,
         )
+
+
+@register_solver(RefitPenaltyRelaxation, backend="torch")
+class TorchRefitPenalty(TorchPenalty):
+    """The same loop for ``spap_refit`` (its layer problem is SPAP's; the registry does not follow inheritance)."""
