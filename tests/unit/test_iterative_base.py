@@ -19,6 +19,7 @@ from prunekit.formulations.glu_recovery import GLURecovery
 from prunekit.formulations.l1 import L1Relaxation
 from prunekit.formulations.l1_refit import RefitL1Relaxation
 from prunekit.formulations.penalty import PenaltyRelaxation
+from prunekit.formulations.penalty_refit import RefitPenaltyRelaxation
 from prunekit.formulations.sparsellm import SparseLLMSplit
 from prunekit.formulations.sparsity import NM, SparsitySpec, Unstructured
 from prunekit.solvers.base import Solver
@@ -35,7 +36,8 @@ from prunekit.verification.conformance import run_conformance, solver_kkt_bound
 from prunekit.verification.tolerances import ITERATIVE_KKT_FACTOR, for_dtype, kkt_bound
 from prunekit.verification.toy import random_layer
 
-ITERATIVE_FORMULATIONS = (L1Relaxation, RefitL1Relaxation, PenaltyRelaxation, ADMMSplit, SparseLLMSplit, GLURecovery)
+ITERATIVE_FORMULATIONS = (L1Relaxation, RefitL1Relaxation, PenaltyRelaxation, RefitPenaltyRelaxation, ADMMSplit,
+                          SparseLLMSplit, GLURecovery)
 
 
 # ------------------------------------------------------------------------------------------ the record and the loop
