@@ -106,12 +106,15 @@ def _cached_prepass(a, model, recipe, calib):
     from prunekit.models.allocate import importance_prepass
     from prunekit.models.stores import ModelBlocks
 
+    from prunekit.models.allocation_default import resolve_allocation
+
     if not a.cache_dir:
         return None
+    recipe = resolve_allocation(recipe)  # "auto" -> its rule: the adaptive rule's pre-pass keeps unit scores
     scope = (recipe.method.column_score if recipe.structure.kind == "channels"
              else recipe.method.formulation.unstructured_scope)
-    key = f"{a.model}-{a.nsamples}x{a.seqlen}-{recipe.structure}-{a.allocation}-{scope}-{a.round_to}" + (
-        f"-M{a.owl_m:g}" if a.allocation == "owl" else "")
+    key = f"{a.model}-{a.nsamples}x{a.seqlen}-{recipe.structure}-{recipe.allocation}-{scope}-{a.round_to}" + (
+        f"-M{a.owl_m:g}" if recipe.allocation == "owl" else "")
     path = Path(a.cache_dir) / f"{key}.pt"
     if path.exists():
         return torch.load(path, weights_only=False)

@@ -62,11 +62,13 @@ def importance_prepass(store, recipe: Recipe, tokens: torch.Tensor, *, device="c
 
     Distributed (``prunekit.distributed``): each rank runs its own windows, each target's statistics are summed
     onto the rank that scores it, and the summaries are broadcast -- every rank returns the same result.
+    ``allocation="auto"`` is resolved first: what a unit scores depends on the rule (``adaptive`` standardizes).
     """
     from ..distributed import current
     from .runner import DTYPES, block_targets, solve_cost
     from .sinks import as_compute
 
+    recipe = resolve_allocation(recipe)
     ctx = current()
     model, adapter = store.model, store.adapter
     dtype = DTYPES[recipe.dtype]

@@ -116,3 +116,23 @@ def test_a_declared_refit_mapping_is_validated_like_a_recipes():
 
     with _solvable(TooMany), pytest.raises(FormulationError, match="epochs must be an int >= 1"):
         _resolved(method=Method(TooMany))
+
+
+def test_a_prepass_taken_for_auto_scores_units_as_the_rule_auto_means():
+    """``importance_prepass`` with ``allocation="auto"`` resolves the rule first: for fasp_refit its unit scores are
+    the adaptive rule's standardized ones (a pre-pass taken with raw sums gave another allocation)."""
+    from _hf_tiny import tiny_model
+
+    from prunekit.models.allocate import importance_prepass
+    from prunekit.models.stores import ModelBlocks
+
+    tokens = torch.randint(2, 300, (4, 24), generator=torch.Generator().manual_seed(0))
+    model = ModelBlocks(tiny_model("llama"))
+    auto = importance_prepass(model, Recipe(method="fasp_refit", structure="channels", sparsity=0.3,
+                                            calibration=SMALL), tokens, progress=False)
+    adaptive = importance_prepass(model, Recipe(method="fasp_refit", structure="channels", sparsity=0.3,
+                                                allocation="adaptive", calibration=SMALL), tokens, progress=False)
+    uniform = importance_prepass(model, Recipe(method="fasp_refit", structure="channels", sparsity=0.3,
+                                               allocation="uniform", calibration=SMALL), tokens, progress=False)
+    assert all(torch.equal(a.scores, b.scores) for a, b in zip(auto, adaptive))
+    assert not all(torch.equal(a.scores, u.scores) for a, u in zip(auto, uniform))
