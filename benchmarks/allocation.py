@@ -104,9 +104,8 @@ def _cached_prepass(a, model, recipe, calib):
     import torch
 
     from prunekit.models.allocate import importance_prepass
-    from prunekit.models.stores import ModelBlocks
-
     from prunekit.models.allocation_default import resolve_allocation
+    from prunekit.models.stores import ModelBlocks
 
     if not a.cache_dir:
         return None

@@ -86,17 +86,18 @@ def _block_refit(args: argparse.Namespace, current, method=None):
 
 
 def _method_refit_settings(method) -> dict:
-    """The block-refit fields a method's ``block_refit="auto"`` stands for ({} for True, False or a bad name: the
-    recipe reports a bad name itself)."""
+    """The block-refit fields a method's ``block_refit="auto"`` stands for (``models.block_refit.method_block_refit``;
+    {} when off or for a bad name: the recipe reports a bad name itself)."""
     from ..errors import FormulationError
+    from ..models.block_refit import method_block_refit
     from ..models.methods import resolve_method
     from ..models.recipe import Recipe
 
     try:
-        default = resolve_method(method if method is not None else Recipe().method).block_refit_default
+        settings = method_block_refit(resolve_method(method if method is not None else Recipe.method))
     except FormulationError:
         return {}
-    return dict(default) if isinstance(default, dict) else {}
+    return settings.to_dict() if settings is not None else {}
 
 
 def _calibration_source(source: str, data_dir) -> str:

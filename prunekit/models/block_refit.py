@@ -356,8 +356,14 @@ def resolve_block_refit(recipe):
     unchanged."""
     if not (isinstance(recipe.block_refit, str) and recipe.block_refit == "auto"):
         return recipe
-    return replace(recipe, block_refit=BlockRefit.coerce(recipe.method.block_refit_default))
+    return replace(recipe, block_refit=method_block_refit(recipe.method))
+
+
+def method_block_refit(method) -> Optional[BlockRefit]:
+    """What ``block_refit="auto"`` stands for with ``method`` (a :class:`~prunekit.models.methods.Method`): its
+    ``block_refit_default`` as settings, None when off."""
+    return BlockRefit.coerce(method.block_refit_default)
 
 
 __all__ = ["BlockRefit", "DenseStream", "RefitRecord", "dense_stream", "refit_block", "refit_run_block",
-           "resolve_block_refit", "run_settings", "trained_modules"]
+           "method_block_refit", "resolve_block_refit", "run_settings", "trained_modules"]

@@ -36,10 +36,8 @@ from ..errors import FormulationError
 from .structure import KINDS, Structure
 
 BUILTIN_FORMULATIONS = ("MagnitudePruning", "WandaPruning", "SparseGPTPruning", "MultipleRemoval", "L1Relaxation",
-                        "RefitL1Relaxation",
-                        "CoupledStructuredRemoval", "RefitCoupledRemoval", "PenaltyRelaxation",
-                        "RefitPenaltyRelaxation", "FLAPRemoval",
-                        "ADMMSplit")
+                        "RefitL1Relaxation", "CoupledStructuredRemoval", "RefitCoupledRemoval", "PenaltyRelaxation",
+                        "RefitPenaltyRelaxation", "FLAPRemoval", "ADMMSplit")
 """Names in ``prunekit.formulations`` scanned for ``method_name`` (the built-in methods, in table order)."""
 
 _EXTRA: dict[str, type] = {}  # names registered by register_method
